@@ -1,0 +1,122 @@
+//! The command line (SPEC §1): subcommands and what each runs.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use crate::config::{self, Config};
+use crate::control::Control;
+use crate::gateway::Gateway;
+use crate::metrics::Metrics;
+use crate::server;
+use crate::signing::Secret;
+
+const DEFAULT_CONFIG: &str = "/etc/upgate/upgate.toml";
+
+#[derive(Debug, Parser)]
+#[command(name = "upgate", version, about = "An upload gateway in front of a web application")]
+pub struct Cli {
+    /// The config file (TOML).
+    #[arg(long, short, global = true, default_value = DEFAULT_CONFIG)]
+    pub config: PathBuf,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gateway (the default).
+    Run,
+    /// Validate the config, print the effective config, exit 0 or 1.
+    Check,
+    /// Print a new random secret (base64url, 32 bytes).
+    Keygen,
+}
+
+/// Runs the chosen subcommand.
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command.unwrap_or(Command::Run) {
+        Command::Run => {
+            init_logging();
+            let config = Config::load(&cli.config)?;
+            runtime()?.block_on(serve(config))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Check => check(&cli.config),
+        Command::Keygen => {
+            let secret = config::secret::generate().map_err(|_| anyhow::anyhow!("no system randomness"))?;
+            println!("{secret}");
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")
+}
+
+fn init_logging() {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}
+
+/// `upgate check`: the effective config as TOML on stdout, or the first problem on stderr.
+fn check(path: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let raw = config::parse_file(&text)?;
+    let base = path.parent().unwrap_or(std::path::Path::new("."));
+    let effective = toml::to_string(&raw).context("printing the config")?;
+    let validated = Config::from_file(raw, base)?;
+    config::secret::load_or_create(&validated.secret_file)?;
+    print!("{effective}");
+    eprintln!("config ok: {}", path.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Starts everything the config asks for, then serves until SIGTERM or SIGINT and drains.
+pub async fn serve(config: Config) -> anyhow::Result<()> {
+    let grace = config.server.shutdown_grace;
+    let running = start(config).await?;
+    shutdown_signal().await?;
+    tracing::info!(grace = ?grace, "shutting down: finishing requests in flight");
+    if running.drain(grace).await {
+        tracing::info!("drained");
+    } else {
+        tracing::warn!("shutdown grace passed with requests still in flight");
+    }
+    Ok(())
+}
+
+/// Loads the secret, prepares storage, binds and starts serving.
+pub async fn start(config: Config) -> anyhow::Result<server::Running> {
+    let key = config::secret::load_or_create(&config.secret_file)?;
+    std::fs::create_dir_all(&config.storage_root)
+        .with_context(|| format!("storage.root: cannot create {}", config.storage_root.display()))?;
+    let bound = server::Bound::bind(&config).await?;
+    let gateway = Arc::new(Gateway::new(config, Secret::new(&key), Arc::new(Metrics::new())));
+    let control = Arc::new(Control::new(gateway.clone()));
+    server::start(gateway, control, bound)
+}
+
+async fn shutdown_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}

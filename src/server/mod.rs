@@ -1,0 +1,338 @@
+//! Listeners and the connection loop: plain and TLS HTTP, timeouts, and the graceful drain.
+
+pub mod tls;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::{mpsc, watch};
+use tokio_rustls::TlsAcceptor;
+
+use crate::body::Body;
+use crate::config::{Config, ControlListen};
+use crate::control::Control;
+use crate::gateway::{Conn, Gateway};
+
+/// Requests in flight on one connection and when the last one ended: what the idle timeout looks at.
+pub struct Activity {
+    epoch: Instant,
+    in_flight: AtomicUsize,
+    last_millis: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self {
+            epoch: Instant::now(),
+            in_flight: AtomicUsize::new(0),
+            last_millis: AtomicU64::new(0),
+        }
+    }
+
+    pub fn begin(&self) {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+    }
+
+    pub fn end(&self) {
+        self.touch();
+        self.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    fn touch(&self) {
+        let now = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_millis.store(now, Ordering::Release);
+    }
+
+    /// How long the connection has had no request in flight; zero while one is.
+    fn idle_for(&self) -> Duration {
+        if self.in_flight.load(Ordering::Acquire) > 0 {
+            return Duration::ZERO;
+        }
+        let last = Duration::from_millis(self.last_millis.load(Ordering::Acquire));
+        self.epoch.elapsed().saturating_sub(last)
+    }
+}
+
+/// The sockets upgate listens on, bound before anything else starts so that errors come early.
+pub struct Bound {
+    http: Vec<TcpListener>,
+    https: Vec<TcpListener>,
+    control: ControlSocket,
+}
+
+enum ControlSocket {
+    Tcp(TcpListener),
+    Unix(UnixListener, PathBuf),
+}
+
+impl Bound {
+    /// Binds every listener of the config (port 0 picks a free port; see [`Running`] for the result).
+    pub async fn bind(config: &Config) -> anyhow::Result<Bound> {
+        let mut http = Vec::new();
+        for addr in &config.server.listen {
+            http.push(bind_tcp(*addr, "server.listen").await?);
+        }
+        let mut https = Vec::new();
+        for addr in config.server.tls.iter().flat_map(|t| &t.listen) {
+            https.push(bind_tcp(*addr, "server.tls_listen").await?);
+        }
+        let control = match &config.control {
+            ControlListen::Tcp(addr) => ControlSocket::Tcp(bind_tcp(*addr, "control.listen").await?),
+            ControlListen::Unix(path) => ControlSocket::Unix(bind_unix(path)?, path.clone()),
+        };
+        Ok(Bound { http, https, control })
+    }
+}
+
+async fn bind_tcp(addr: SocketAddr, key: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("{key}: cannot listen on {addr}"))
+}
+
+/// A unix socket only its owner may use: created under a 0077 umask-equivalent by chmod before anyone can connect.
+fn bind_unix(path: &std::path::Path) -> anyhow::Result<UnixListener> {
+    use std::os::unix::fs::PermissionsExt;
+    if path.exists() {
+        std::fs::remove_file(path).with_context(|| format!("control.listen: cannot replace {}", path.display()))?;
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("control.listen: cannot create {}", dir.display()))?;
+    }
+    let listener = UnixListener::bind(path).with_context(|| format!("control.listen: cannot listen on {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("control.listen: cannot chmod {}", path.display()))?;
+    Ok(listener)
+}
+
+/// A started server: its actual addresses, and the handle to drain it.
+pub struct Running {
+    pub http: Vec<SocketAddr>,
+    pub https: Vec<SocketAddr>,
+    /// The control listener's address, when it is TCP.
+    pub control: Option<SocketAddr>,
+    pub gateway: Arc<Gateway>,
+    shutdown: watch::Sender<bool>,
+    drained: mpsc::Receiver<()>,
+}
+
+impl Running {
+    /// Stops accepting, asks every connection to finish its request and close, and waits up to `grace`.
+    /// Returns false when connections were still open at the deadline.
+    pub async fn drain(mut self, grace: Duration) -> bool {
+        let _ = self.shutdown.send(true);
+        tokio::time::timeout(grace, self.drained.recv()).await.is_ok()
+    }
+}
+
+/// Timeouts and the graceful-shutdown signal every connection task shares.
+#[derive(Clone)]
+struct Shared {
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    shutdown: watch::Receiver<bool>,
+    /// Dropped by each connection task when it ends; [`Running::drain`] waits for the last.
+    alive: mpsc::Sender<()>,
+    idle_timeout: Duration,
+    header_timeout: Duration,
+}
+
+/// Starts serving on the bound sockets.
+pub fn start(gateway: Arc<Gateway>, control: Arc<Control>, bound: Bound) -> anyhow::Result<Running> {
+    let config = &gateway.config;
+    let tls = match &config.server.tls {
+        Some(t) => Some(tls::acceptor(&t.cert, &t.key)?),
+        None => None,
+    };
+    let (shutdown_tx, shutdown) = watch::channel(false);
+    let (alive, drained) = mpsc::channel(1);
+    let shared = Shared {
+        builder: Arc::new(builder(config.server.header_timeout)),
+        shutdown,
+        alive,
+        idle_timeout: config.server.idle_timeout,
+        header_timeout: config.server.header_timeout,
+    };
+    let addr = |l: &TcpListener| l.local_addr().context("listener address");
+    let http = bound.http.iter().map(addr).collect::<anyhow::Result<Vec<_>>>()?;
+    let https = bound.https.iter().map(addr).collect::<anyhow::Result<Vec<_>>>()?;
+    for listener in bound.http {
+        tracing::info!(kind = "http", addr = %addr(&listener)?, "listening");
+        tokio::spawn(accept_public(listener, None, gateway.clone(), shared.clone()));
+    }
+    for listener in bound.https {
+        tracing::info!(kind = "https", addr = %addr(&listener)?, "listening");
+        tokio::spawn(accept_public(listener, tls.clone(), gateway.clone(), shared.clone()));
+    }
+    let control_addr = match bound.control {
+        ControlSocket::Tcp(listener) => {
+            let a = addr(&listener)?;
+            tracing::info!(kind = "control", addr = %a, "listening");
+            tokio::spawn(accept_control_tcp(listener, control, shared.clone()));
+            Some(a)
+        }
+        ControlSocket::Unix(listener, path) => {
+            tracing::info!(kind = "control", addr = %path.display(), "listening");
+            tokio::spawn(accept_control_unix(listener, control, shared.clone()));
+            None
+        }
+    };
+    Ok(Running {
+        http,
+        https,
+        control: control_addr,
+        gateway,
+        shutdown: shutdown_tx,
+        drained,
+    })
+}
+
+fn builder(header_timeout: Duration) -> auto::Builder<TokioExecutor> {
+    let mut b = auto::Builder::new(TokioExecutor::new());
+    b.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .keep_alive(true);
+    b.http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(Duration::from_secs(30)));
+    b
+}
+
+async fn accept_public(listener: TcpListener, tls: Option<TlsAcceptor>, gateway: Arc<Gateway>, shared: Shared) {
+    let mut shutdown = shared.shutdown.clone();
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = stopped(&mut shutdown) => return,
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => { accept_failed(e).await; continue; }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let (gateway, shared, tls) = (gateway.clone(), shared.clone(), tls.clone());
+        tokio::spawn(async move {
+            let activity = Arc::new(Activity::new());
+            let conn = Conn { peer, tls: tls.is_some(), activity: activity.clone() };
+            let svc = move |req| {
+                let (gateway, conn) = (gateway.clone(), conn.clone());
+                async move { Ok::<_, std::convert::Infallible>(gateway.serve(req, conn).await) }
+            };
+            match tls {
+                None => serve_conn(stream, svc, activity, shared).await,
+                Some(acceptor) => {
+                    match tokio::time::timeout(shared.header_timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => serve_conn(stream, svc, activity, shared).await,
+                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    }
+                }
+            }
+        });
+    }
+}
+
+async fn accept_control_tcp(listener: TcpListener, control: Arc<Control>, shared: Shared) {
+    let mut shutdown = shared.shutdown.clone();
+    loop {
+        let stream = tokio::select! {
+            _ = stopped(&mut shutdown) => return,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => { accept_failed(e).await; continue; }
+            },
+        };
+        tokio::spawn(serve_control(stream, control.clone(), shared.clone()));
+    }
+}
+
+async fn accept_control_unix(listener: UnixListener, control: Arc<Control>, shared: Shared) {
+    let mut shutdown = shared.shutdown.clone();
+    loop {
+        let stream = tokio::select! {
+            _ = stopped(&mut shutdown) => return,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => { accept_failed(e).await; continue; }
+            },
+        };
+        tokio::spawn(serve_control(stream, control.clone(), shared.clone()));
+    }
+}
+
+async fn serve_control<I>(io: I, control: Arc<Control>, shared: Shared)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let activity = Arc::new(Activity::new());
+    let tracked = activity.clone();
+    let svc = move |req| {
+        let (control, activity) = (control.clone(), tracked.clone());
+        async move {
+            activity.begin();
+            let res = control.serve(req).await;
+            activity.end();
+            Ok::<_, std::convert::Infallible>(res)
+        }
+    };
+    serve_conn(io, svc, activity, shared).await;
+}
+
+/// Too many open files and the like: log, pause briefly so a full table can drain, go on.
+async fn accept_failed(e: std::io::Error) {
+    tracing::warn!(error = %e, "accept failed");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+}
+
+/// Serves one connection until it closes, it idles past `idle_timeout`, or shutdown asks it to finish.
+async fn serve_conn<I, S, F>(io: I, svc: S, activity: Arc<Activity>, shared: Shared)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: Fn(Request<Incoming>) -> F + Send + Sync + 'static,
+    F: Future<Output = Result<Response<Body>, std::convert::Infallible>> + Send + 'static,
+{
+    let _alive = shared.alive;
+    let mut shutdown = shared.shutdown;
+    let conn = shared
+        .builder
+        .serve_connection_with_upgrades(TokioIo::new(io), service_fn(svc));
+    tokio::pin!(conn);
+    let mut closing = false;
+    let mut tick = tokio::time::interval(shared.idle_timeout.min(Duration::from_secs(1)).max(Duration::from_millis(50)));
+    loop {
+        tokio::select! {
+            res = conn.as_mut() => {
+                if let Err(e) = res {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            _ = stopped(&mut shutdown), if !closing => {
+                conn.as_mut().graceful_shutdown();
+                closing = true;
+            }
+            _ = tick.tick(), if !closing => {
+                if activity.idle_for() >= shared.idle_timeout {
+                    conn.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+            }
+        }
+    }
+}
+
+/// Resolves once shutdown is asked for (or the server is gone).
+async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stop| *stop).await;
+}
