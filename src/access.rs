@@ -69,7 +69,10 @@ impl Drop for Exchange {
         let total_ms = self.started.elapsed().as_secs_f64() * 1000.0;
         if let Ok(code) = http::StatusCode::from_u16(status) {
             let class = Metrics::class(code);
-            self.metrics.requests.get_or_create(&ClassLabel { class }).inc();
+            self.metrics
+                .requests
+                .get_or_create(&ClassLabel { class })
+                .inc();
         }
         self.metrics.in_flight.dec();
         self.metrics.bytes_in.inc_by(bytes_in);

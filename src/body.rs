@@ -21,7 +21,9 @@ pub fn empty() -> Body {
 }
 
 pub fn full(bytes: impl Into<Bytes>) -> Body {
-    Full::new(bytes.into()).map_err(|never| match never {}).boxed()
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed()
 }
 
 /// Boxes any body whose error converts into [`BoxError`].
@@ -80,8 +82,7 @@ where
         if let Poll::Ready(Some(Ok(frame))) = &polled
             && let Some(data) = frame.data_ref()
         {
-            this.counter
-                .fetch_add(data.len() as u64, Ordering::Relaxed);
+            this.counter.fetch_add(data.len() as u64, Ordering::Relaxed);
         }
         polled
     }

@@ -17,7 +17,11 @@ use crate::signing::Secret;
 const DEFAULT_CONFIG: &str = "/etc/upgate/upgate.toml";
 
 #[derive(Debug, Parser)]
-#[command(name = "upgate", version, about = "An upload gateway in front of a web application")]
+#[command(
+    name = "upgate",
+    version,
+    about = "An upload gateway in front of a web application"
+)]
 pub struct Cli {
     /// The config file (TOML).
     #[arg(long, short, global = true, default_value = DEFAULT_CONFIG)]
@@ -47,7 +51,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Check => check(&cli.config),
         Command::Keygen => {
-            let secret = config::secret::generate().map_err(|_| anyhow::anyhow!("no system randomness"))?;
+            let secret =
+                config::secret::generate().map_err(|_| anyhow::anyhow!("no system randomness"))?;
             println!("{secret}");
             Ok(ExitCode::SUCCESS)
         }
@@ -74,7 +79,8 @@ fn init_logging() {
 
 /// `upgate check`: the effective config as TOML on stdout, or the first problem on stderr.
 fn check(path: &std::path::Path) -> anyhow::Result<ExitCode> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     let raw = config::parse_file(&text)?;
     let base = path.parent().unwrap_or(std::path::Path::new("."));
     let effective = toml::to_string(&raw).context("printing the config")?;
@@ -102,10 +108,18 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
 /// Loads the secret, prepares storage, binds and starts serving.
 pub async fn start(config: Config) -> anyhow::Result<server::Running> {
     let key = config::secret::load_or_create(&config.secret_file)?;
-    std::fs::create_dir_all(&config.storage_root)
-        .with_context(|| format!("storage.root: cannot create {}", config.storage_root.display()))?;
+    std::fs::create_dir_all(&config.storage_root).with_context(|| {
+        format!(
+            "storage.root: cannot create {}",
+            config.storage_root.display()
+        )
+    })?;
     let bound = server::Bound::bind(&config).await?;
-    let gateway = Arc::new(Gateway::new(config, Secret::new(&key), Arc::new(Metrics::new())));
+    let gateway = Arc::new(Gateway::new(
+        config,
+        Secret::new(&key),
+        Arc::new(Metrics::new()),
+    ));
     let control = Arc::new(Control::new(gateway.clone()));
     server::start(gateway, control, bound)
 }

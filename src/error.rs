@@ -172,7 +172,12 @@ mod tests {
         assert_eq!(b["accepted"], false);
         assert_eq!(b["error"], "unsupported_format");
         assert_eq!(b["verbose_error"], "bytes are elf");
-        assert!(Error::new(Kind::UpstreamTimeout, "x").body(false).get("accepted").is_none());
+        assert!(
+            Error::new(Kind::UpstreamTimeout, "x")
+                .body(false)
+                .get("accepted")
+                .is_none()
+        );
     }
 
     #[test]

@@ -63,7 +63,8 @@ impl Gateway {
     pub async fn serve(self: Arc<Self>, req: Request<Incoming>, conn: Conn) -> Response<Body> {
         let mut ctx = self.context(&req, &conn);
         let exchange = ctx.exchange.clone();
-        let req = req.map(|b| body::boxed(Counted::new(b, exchange.bytes_in.clone(), exchange.clone())));
+        let req =
+            req.map(|b| body::boxed(Counted::new(b, exchange.bytes_in.clone(), exchange.clone())));
         let res = match self.dispatch(req, &mut ctx).await {
             Ok(res) => res,
             Err(e) => {
@@ -125,7 +126,11 @@ impl Gateway {
             parts.headers.append(SET_COOKIE, v);
         }
         ctx.exchange.set_status(parts.status);
-        let body = body::boxed(Counted::new(body, ctx.exchange.bytes_out.clone(), ctx.exchange));
+        let body = body::boxed(Counted::new(
+            body,
+            ctx.exchange.bytes_out.clone(),
+            ctx.exchange,
+        ));
         Response::from_parts(parts, body)
     }
 }

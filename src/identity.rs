@@ -56,7 +56,10 @@ pub fn identity_value(headers: &HeaderMap, settings: &Settings, secret: &Secret)
 /// The `Set-Cookie` field for an issued identity cookie.
 pub fn issued_cookie(name: &str, value: &str, tls: bool) -> Option<HeaderValue> {
     let secure = if tls { "; Secure" } else { "" };
-    HeaderValue::from_str(&format!("{name}={value}; HttpOnly; SameSite=Lax; Path=/{secure}")).ok()
+    HeaderValue::from_str(&format!(
+        "{name}={value}; HttpOnly; SameSite=Lax; Path=/{secure}"
+    ))
+    .ok()
 }
 
 #[cfg(test)]
@@ -82,16 +85,25 @@ mod tests {
 
     #[test]
     fn set_cookie_lookup_ignores_deletions() {
-        let h = headers(SET_COOKIE, &["sessionid=new1; Path=/; HttpOnly", "csrftoken=z"]);
+        let h = headers(
+            SET_COOKIE,
+            &["sessionid=new1; Path=/; HttpOnly", "csrftoken=z"],
+        );
         assert_eq!(set_cookie(&h, "sessionid"), Some("new1"));
-        let h = headers(SET_COOKIE, &["sessionid=; expires=Thu, 01 Jan 1970 00:00:00 GMT"]);
+        let h = headers(
+            SET_COOKIE,
+            &["sessionid=; expires=Thu, 01 Jan 1970 00:00:00 GMT"],
+        );
         assert_eq!(set_cookie(&h, "sessionid"), None);
     }
 
     #[test]
     fn issued_cookie_attributes() {
         let v = issued_cookie("upgate_client", "abc.def", true).expect("value");
-        assert_eq!(v, "upgate_client=abc.def; HttpOnly; SameSite=Lax; Path=/; Secure");
+        assert_eq!(
+            v,
+            "upgate_client=abc.def; HttpOnly; SameSite=Lax; Path=/; Secure"
+        );
         let v = issued_cookie("upgate_client", "abc.def", false).expect("value");
         assert!(!v.to_str().expect("ascii").contains("Secure"));
     }

@@ -116,8 +116,14 @@ mod tests {
         m.requests.get_or_create(&ClassLabel { class: "2xx" }).inc();
         m.bytes_in.inc_by(10);
         let text = m.render();
-        assert!(text.contains("upgate_requests_total{class=\"2xx\"} 1"), "{text}");
+        assert!(
+            text.contains("upgate_requests_total{class=\"2xx\"} 1"),
+            "{text}"
+        );
         assert!(text.contains("upgate_received_bytes_total 10"), "{text}");
-        assert!(text.contains("upgate_upstream_latency_seconds_bucket"), "{text}");
+        assert!(
+            text.contains("upgate_upstream_latency_seconds_bucket"),
+            "{text}"
+        );
     }
 }

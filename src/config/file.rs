@@ -151,9 +151,11 @@ impl Default for Uploads {
     fn default() -> Self {
         Self {
             route: "/uploads".into(),
-            accept: ["pdf", "png", "jpeg", "gif", "webp", "txt", "csv", "docx", "xlsx", "zip"]
-                .map(String::from)
-                .to_vec(),
+            accept: [
+                "pdf", "png", "jpeg", "gif", "webp", "txt", "csv", "docx", "xlsx", "zip",
+            ]
+            .map(String::from)
+            .to_vec(),
             max_file_bytes: "100MiB".into(),
             max_session_bytes: "1GiB".into(),
             max_session_files: 100,

@@ -172,7 +172,10 @@ pub fn parse_file(text: &str) -> Result<file::File, ConfigError> {
     let de = toml::Deserializer::parse(text).map_err(|e| bad("(file)", one_line(e.message())))?;
     serde_path_to_error::deserialize(de).map_err(|e| {
         let key = e.path().to_string();
-        bad(if key == "." { "(file)" } else { &key }, one_line(e.inner().message()))
+        bad(
+            if key == "." { "(file)" } else { &key },
+            one_line(e.inner().message()),
+        )
     })
 }
 
@@ -210,8 +213,12 @@ fn anchored(base: &Path, text: &str, key: &str) -> Result<PathBuf, ConfigError> 
 fn socket_addrs(list: &[String], key: &str) -> Result<Vec<SocketAddr>, ConfigError> {
     list.iter()
         .map(|a| {
-            a.parse()
-                .map_err(|_| bad(key, format!("{a:?} is not an address like \"127.0.0.1:8080\" or \"[::]:8080\"")))
+            a.parse().map_err(|_| {
+                bad(
+                    key,
+                    format!("{a:?} is not an address like \"127.0.0.1:8080\" or \"[::]:8080\""),
+                )
+            })
         })
         .collect()
 }
@@ -220,13 +227,22 @@ fn server(raw: &file::Server, base: &Path) -> Result<Server, ConfigError> {
     let listen = socket_addrs(&raw.listen, "server.listen")?;
     let tls_listen = socket_addrs(&raw.tls_listen, "server.tls_listen")?;
     if listen.is_empty() && tls_listen.is_empty() {
-        return Err(bad("server.listen", "no listener: give listen or tls_listen"));
+        return Err(bad(
+            "server.listen",
+            "no listener: give listen or tls_listen",
+        ));
     }
     let tls = if tls_listen.is_empty() {
         None
     } else {
-        let cert = raw.tls_cert.as_deref().ok_or_else(|| bad("server.tls_cert", "required with tls_listen"))?;
-        let key = raw.tls_key.as_deref().ok_or_else(|| bad("server.tls_key", "required with tls_listen"))?;
+        let cert = raw
+            .tls_cert
+            .as_deref()
+            .ok_or_else(|| bad("server.tls_cert", "required with tls_listen"))?;
+        let key = raw
+            .tls_key
+            .as_deref()
+            .ok_or_else(|| bad("server.tls_key", "required with tls_listen"))?;
         Some(Tls {
             listen: tls_listen,
             cert: anchored(base, cert, "server.tls_cert")?,
@@ -236,7 +252,14 @@ fn server(raw: &file::Server, base: &Path) -> Result<Server, ConfigError> {
     let trusted_proxies = raw
         .trusted_proxies
         .iter()
-        .map(|c| cidr(c).ok_or_else(|| bad("server.trusted_proxies", format!("{c:?} is not a CIDR like \"10.0.0.0/8\""))))
+        .map(|c| {
+            cidr(c).ok_or_else(|| {
+                bad(
+                    "server.trusted_proxies",
+                    format!("{c:?} is not a CIDR like \"10.0.0.0/8\""),
+                )
+            })
+        })
         .collect::<Result<_, _>>()?;
     Ok(Server {
         listen,
@@ -257,14 +280,29 @@ fn cidr(text: &str) -> Option<IpNet> {
 
 fn upstream(raw: &file::Upstream) -> Result<Upstream, ConfigError> {
     let key = "upstream.url";
-    let uri: http::Uri = raw.url.parse().map_err(|e| bad(key, format!("{:?}: {e}", raw.url)))?;
-    let scheme = uri.scheme().cloned().ok_or_else(|| bad(key, "needs a scheme, e.g. \"http://127.0.0.1:8000\""))?;
+    let uri: http::Uri = raw
+        .url
+        .parse()
+        .map_err(|e| bad(key, format!("{:?}: {e}", raw.url)))?;
+    let scheme = uri
+        .scheme()
+        .cloned()
+        .ok_or_else(|| bad(key, "needs a scheme, e.g. \"http://127.0.0.1:8000\""))?;
     if scheme != Scheme::HTTP {
-        return Err(bad(key, "only http:// upstreams are supported (upgate runs beside the application)"));
+        return Err(bad(
+            key,
+            "only http:// upstreams are supported (upgate runs beside the application)",
+        ));
     }
-    let authority = uri.authority().cloned().ok_or_else(|| bad(key, "needs a host and port"))?;
+    let authority = uri
+        .authority()
+        .cloned()
+        .ok_or_else(|| bad(key, "needs a host and port"))?;
     if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
-        return Err(bad(key, "must not have a path or query: requests keep their own path"));
+        return Err(bad(
+            key,
+            "must not have a path or query: requests keep their own path",
+        ));
     }
     Ok(Upstream {
         scheme,
@@ -279,7 +317,8 @@ fn identity(raw: &file::Identity) -> Result<Identity, ConfigError> {
     let source = match raw.from.split_once(':') {
         Some(("cookie", name)) if is_token(name) => IdentitySource::Cookie(name.to_string()),
         Some(("header", name)) => IdentitySource::Header(
-            HeaderName::from_bytes(name.trim().as_bytes()).map_err(|_| bad(key, format!("{name:?} is not a header name")))?,
+            HeaderName::from_bytes(name.trim().as_bytes())
+                .map_err(|_| bad(key, format!("{name:?} is not a header name")))?,
         ),
         _ => {
             return Err(bad(
@@ -292,7 +331,10 @@ fn identity(raw: &file::Identity) -> Result<Identity, ConfigError> {
     if raw.issue_cookie && !issue_cookie {
         tracing::warn!("identity.issue_cookie is ignored: the identity comes from a header");
     }
-    Ok(Identity { source, issue_cookie })
+    Ok(Identity {
+        source,
+        issue_cookie,
+    })
 }
 
 /// RFC 9110 token characters, as cookie names use them.
@@ -311,7 +353,12 @@ fn route(text: &str, key: &str) -> Result<String, ConfigError> {
     if ok {
         Ok(text.to_string())
     } else {
-        Err(bad(key, format!("{text:?} must be a path like \"/uploads\" (no trailing slash, not under /_upgate)")))
+        Err(bad(
+            key,
+            format!(
+                "{text:?} must be a path like \"/uploads\" (no trailing slash, not under /_upgate)"
+            ),
+        ))
     }
 }
 
@@ -319,9 +366,19 @@ fn accept(list: &[String], key: &str) -> Result<Vec<String>, ConfigError> {
     let mut out: Vec<String> = Vec::new();
     for name in list {
         let lower = name.to_ascii_lowercase();
-        let lower = if lower == "jpg" { "jpeg".to_string() } else { lower };
+        let lower = if lower == "jpg" {
+            "jpeg".to_string()
+        } else {
+            lower
+        };
         if !FORMAT_NAMES.contains(&lower.as_str()) {
-            return Err(bad(key, format!("unknown format {name:?} (known: {})", FORMAT_NAMES.join(", "))));
+            return Err(bad(
+                key,
+                format!(
+                    "unknown format {name:?} (known: {})",
+                    FORMAT_NAMES.join(", ")
+                ),
+            ));
         }
         if !out.contains(&lower) {
             out.push(lower);
@@ -335,7 +392,10 @@ fn accept(list: &[String], key: &str) -> Result<Vec<String>, ConfigError> {
 
 fn uploads(raw: &file::Uploads) -> Result<Uploads, ConfigError> {
     if raw.max_session_files == 0 {
-        return Err(bad("uploads.max_session_files", "must be greater than zero"));
+        return Err(bad(
+            "uploads.max_session_files",
+            "must be greater than zero",
+        ));
     }
     Ok(Uploads {
         route: route(&raw.route, "uploads.route")?,
@@ -355,7 +415,10 @@ fn files(raw: &file::Files, base: &Path) -> Result<Files, ConfigError> {
         None => None,
     };
     if raw.public_prefix.starts_with('/') || raw.public_prefix.contains("..") {
-        return Err(bad("files.public_prefix", "must be relative to media_root, like \"public/\""));
+        return Err(bad(
+            "files.public_prefix",
+            "must be relative to media_root, like \"public/\"",
+        ));
     }
     Ok(Files {
         route: route(&raw.route, "files.route")?,
@@ -384,13 +447,24 @@ fn intercepts(raw: &[file::Intercept]) -> Result<Vec<Intercept>, ConfigError> {
                 None => (r.path.clone(), false),
             };
             if !path.starts_with('/') || path.contains(['?', '#', '*']) {
-                return Err(bad(&key("path"), format!("{:?} must be an exact path or end in \"/*\"", r.path)));
+                return Err(bad(
+                    &key("path"),
+                    format!("{:?} must be an exact path or end in \"/*\"", r.path),
+                ));
             }
             Ok(Intercept {
                 path,
                 prefix,
-                accept: r.accept.as_deref().map(|a| accept(a, &key("accept"))).transpose()?,
-                max_file_bytes: r.max_file_bytes.as_ref().map(|s| size(s, &key("max_file_bytes"))).transpose()?,
+                accept: r
+                    .accept
+                    .as_deref()
+                    .map(|a| accept(a, &key("accept")))
+                    .transpose()?,
+                max_file_bytes: r
+                    .max_file_bytes
+                    .as_ref()
+                    .map(|s| size(s, &key("max_file_bytes")))
+                    .transpose()?,
                 rewrite: rewrite(&r.rewrite, &key("rewrite"))?,
             })
         })
@@ -405,11 +479,17 @@ fn control(text: &str) -> Result<ControlListen, ConfigError> {
         }
         return Ok(ControlListen::Unix(PathBuf::from(path)));
     }
-    let addr: SocketAddr = text
-        .parse()
-        .map_err(|_| bad(key, format!("{text:?} is neither \"127.0.0.1:PORT\" nor \"unix:/path\"")))?;
+    let addr: SocketAddr = text.parse().map_err(|_| {
+        bad(
+            key,
+            format!("{text:?} is neither \"127.0.0.1:PORT\" nor \"unix:/path\""),
+        )
+    })?;
     if !addr.ip().is_loopback() {
-        return Err(bad(key, format!("{addr} is not a loopback address: the control API must never be public")));
+        return Err(bad(
+            key,
+            format!("{addr} is not a loopback address: the control API must never be public"),
+        ));
     }
     Ok(ControlListen::Tcp(addr))
 }
@@ -418,9 +498,13 @@ fn cors(origins: &[String]) -> Result<Vec<String>, ConfigError> {
     for o in origins {
         let ok = (o.starts_with("http://") || o.starts_with("https://"))
             && !o.ends_with('/')
-            && o.parse::<http::Uri>().is_ok_and(|u| u.path() == "/" || u.path().is_empty());
+            && o.parse::<http::Uri>()
+                .is_ok_and(|u| u.path() == "/" || u.path().is_empty());
         if !ok {
-            return Err(bad("cors.allow_origins", format!("{o:?} is not an origin like \"https://app.example.com\"")));
+            return Err(bad(
+                "cors.allow_origins",
+                format!("{o:?} is not an origin like \"https://app.example.com\""),
+            ));
         }
     }
     Ok(origins.to_vec())
@@ -437,12 +521,21 @@ mod tests {
     #[test]
     fn empty_file_gives_the_documented_defaults() {
         let c = load("").expect("defaults are valid");
-        assert_eq!(c.server.listen, vec!["127.0.0.1:8080".parse().expect("addr")]);
+        assert_eq!(
+            c.server.listen,
+            vec!["127.0.0.1:8080".parse().expect("addr")]
+        );
         assert_eq!(c.server.header_timeout, Duration::from_secs(10));
         assert_eq!(c.uploads.max_file_bytes, 100 << 20);
         assert_eq!(c.uploads.handle_ttl, Duration::from_secs(3600));
-        assert_eq!(c.control, ControlListen::Tcp("127.0.0.1:9091".parse().expect("addr")));
-        assert_eq!(c.identity.source, IdentitySource::Cookie("upgate_client".into()));
+        assert_eq!(
+            c.control,
+            ControlListen::Tcp("127.0.0.1:9091".parse().expect("addr"))
+        );
+        assert_eq!(
+            c.identity.source,
+            IdentitySource::Cookie("upgate_client".into())
+        );
         assert!(c.identity.issue_cookie);
     }
 
@@ -458,14 +551,26 @@ mod tests {
     #[test]
     fn bad_values_name_their_key() {
         let cases = [
-            ("[server]\nheader_timeout = \"10 years\"", "server.header_timeout"),
-            ("[uploads]\nmax_file_bytes = \"lots\"", "uploads.max_file_bytes"),
+            (
+                "[server]\nheader_timeout = \"10 years\"",
+                "server.header_timeout",
+            ),
+            (
+                "[uploads]\nmax_file_bytes = \"lots\"",
+                "uploads.max_file_bytes",
+            ),
             ("[uploads]\naccept = [\"exe\"]", "uploads.accept"),
             ("[upstream]\nurl = \"ftp://x\"", "upstream.url"),
             ("[control]\nlisten = \"0.0.0.0:9091\"", "control.listen"),
             ("[identity]\nfrom = \"query:x\"", "identity.from"),
-            ("[server]\ntls_listen = [\"127.0.0.1:0\"]", "server.tls_cert"),
-            ("[[intercept]]\npath = \"/a\"\nrewrite = \"xml\"", "intercept[0].rewrite"),
+            (
+                "[server]\ntls_listen = [\"127.0.0.1:0\"]",
+                "server.tls_cert",
+            ),
+            (
+                "[[intercept]]\npath = \"/a\"\nrewrite = \"xml\"",
+                "intercept[0].rewrite",
+            ),
             ("[server]\nlisten = 8080", "server.listen"),
         ];
         for (text, key) in cases {
@@ -482,7 +587,8 @@ mod tests {
 
     #[test]
     fn intercept_prefix() {
-        let c = load("[[intercept]]\npath = \"/docs/*\"\nmax_file_bytes = \"5MiB\"").expect("valid");
+        let c =
+            load("[[intercept]]\npath = \"/docs/*\"\nmax_file_bytes = \"5MiB\"").expect("valid");
         assert_eq!(c.intercepts[0].path, "/docs/");
         assert!(c.intercepts[0].prefix);
         assert_eq!(c.intercepts[0].max_file_bytes, Some(5 << 20));

@@ -5,13 +5,13 @@ use std::time::Duration;
 /// Parses `"500ms"`, `"90s"`, `"10m"`, `"1h"`, `"3d"`: one whole number and one unit.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .ok_or_else(|| format!("{text:?} has no unit (use e.g. \"90s\", \"10m\", \"1h\", \"3d\")"))?;
+    let split = text.find(|c: char| !c.is_ascii_digit()).ok_or_else(|| {
+        format!("{text:?} has no unit (use e.g. \"90s\", \"10m\", \"1h\", \"3d\")")
+    })?;
     let (number, unit) = text.split_at(split);
-    let n: u64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration (use e.g. \"90s\", \"10m\", \"1h\", \"3d\")"))?;
+    let n: u64 = number.parse().map_err(|_| {
+        format!("{text:?} is not a duration (use e.g. \"90s\", \"10m\", \"1h\", \"3d\")")
+    })?;
     let unit_secs = match unit.trim() {
         "ms" => return Ok(Duration::from_millis(n)),
         "s" => 1,
@@ -36,9 +36,9 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         .find(|c: char| !c.is_ascii_digit())
         .unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
-    let n: u64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is not a size (use e.g. \"512KiB\", \"100MiB\", \"2GiB\")"))?;
+    let n: u64 = number.parse().map_err(|_| {
+        format!("{text:?} is not a size (use e.g. \"512KiB\", \"100MiB\", \"2GiB\")")
+    })?;
     let factor: u64 = match unit.trim() {
         "" | "B" => 1,
         "KiB" | "K" => 1 << 10,

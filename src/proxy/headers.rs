@@ -176,7 +176,10 @@ mod tests {
 
     #[test]
     fn upgrade_needs_connection_upgrade() {
-        let h = map(&[("connection", "keep-alive, Upgrade"), ("upgrade", "websocket")]);
+        let h = map(&[
+            ("connection", "keep-alive, Upgrade"),
+            ("upgrade", "websocket"),
+        ]);
         assert_eq!(upgrade_protocol(&h).expect("upgrade"), "websocket");
         assert!(upgrade_protocol(&map(&[("upgrade", "websocket")])).is_none());
     }
@@ -196,7 +199,10 @@ mod tests {
             ("x-uploaded-by", "kept"),
         ]);
         strip_reserved(&mut h, false);
-        assert_eq!(h.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["x-uploaded-by"]);
+        assert_eq!(
+            h.keys().map(|k| k.as_str()).collect::<Vec<_>>(),
+            ["x-uploaded-by"]
+        );
     }
 
     #[test]
@@ -216,7 +222,12 @@ mod tests {
     fn forwarded_for_untrusted_and_trusted() {
         let peer: IpAddr = "10.0.0.9".parse().expect("ip");
         let mut h = HeaderMap::new();
-        let origin = Origin { peer, trusted_peer: false, tls: true, host: Some("app.test") };
+        let origin = Origin {
+            peer,
+            trusted_peer: false,
+            tls: true,
+            host: Some("app.test"),
+        };
         set_forwarded(&mut h, origin);
         assert_eq!(h[&X_FORWARDED_FOR], "10.0.0.9");
         assert_eq!(h[&X_FORWARDED_PROTO], "https");
@@ -227,14 +238,24 @@ mod tests {
             ("x-forwarded-for", "2.2.2.2"),
             ("x-forwarded-proto", "https"),
         ]);
-        set_forwarded(&mut h, Origin { trusted_peer: true, tls: false, ..origin });
+        set_forwarded(
+            &mut h,
+            Origin {
+                trusted_peer: true,
+                tls: false,
+                ..origin
+            },
+        );
         assert_eq!(h[&X_FORWARDED_FOR], "1.1.1.1, 2.2.2.2, 10.0.0.9");
         assert_eq!(h[&X_FORWARDED_PROTO], "https");
     }
 
     #[test]
     fn request_ids_from_trusted_peers_must_be_sane() {
-        assert_eq!(trusted_request_id(&map(&[("x-request-id", "abc-1")])).as_deref(), Some("abc-1"));
+        assert_eq!(
+            trusted_request_id(&map(&[("x-request-id", "abc-1")])).as_deref(),
+            Some("abc-1")
+        );
         assert!(trusted_request_id(&map(&[("x-request-id", "a b")])).is_none());
         assert!(trusted_request_id(&map(&[("x-request-id", &"x".repeat(201))])).is_none());
     }

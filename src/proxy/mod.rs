@@ -54,7 +54,9 @@ impl Upstream {
             .authority(self.authority.clone())
             .path_and_query(path_and_query.map_or("/", |p| p.as_str()))
             .build()
-            .map_err(|e| Error::new(Kind::BadRequest, "request target cannot be forwarded").with_source(e))
+            .map_err(|e| {
+                Error::new(Kind::BadRequest, "request target cannot be forwarded").with_source(e)
+            })
     }
 
     /// Sends a prepared request; waits at most `response_timeout` for the response headers.
@@ -138,7 +140,8 @@ pub async fn forward(
     ctx: &Ctx,
     session: Option<&str>,
 ) -> Result<Response<Incoming>> {
-    let upgrade = headers::upgrade_protocol(req.headers()).map(|p| (p, hyper::upgrade::on(&mut req)));
+    let upgrade =
+        headers::upgrade_protocol(req.headers()).map(|p| (p, hyper::upgrade::on(&mut req)));
     let (mut parts, body) = req.into_parts();
     prepare_headers(&mut parts, ctx, secret, session);
     parts.uri = upstream.uri(parts.uri.path_and_query())?;

@@ -89,10 +89,16 @@ impl Bound {
             https.push(bind_tcp(*addr, "server.tls_listen").await?);
         }
         let control = match &config.control {
-            ControlListen::Tcp(addr) => ControlSocket::Tcp(bind_tcp(*addr, "control.listen").await?),
+            ControlListen::Tcp(addr) => {
+                ControlSocket::Tcp(bind_tcp(*addr, "control.listen").await?)
+            }
             ControlListen::Unix(path) => ControlSocket::Unix(bind_unix(path)?, path.clone()),
         };
-        Ok(Bound { http, https, control })
+        Ok(Bound {
+            http,
+            https,
+            control,
+        })
     }
 }
 
@@ -106,12 +112,15 @@ async fn bind_tcp(addr: SocketAddr, key: &str) -> anyhow::Result<TcpListener> {
 fn bind_unix(path: &std::path::Path) -> anyhow::Result<UnixListener> {
     use std::os::unix::fs::PermissionsExt;
     if path.exists() {
-        std::fs::remove_file(path).with_context(|| format!("control.listen: cannot replace {}", path.display()))?;
+        std::fs::remove_file(path)
+            .with_context(|| format!("control.listen: cannot replace {}", path.display()))?;
     }
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("control.listen: cannot create {}", dir.display()))?;
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("control.listen: cannot create {}", dir.display()))?;
     }
-    let listener = UnixListener::bind(path).with_context(|| format!("control.listen: cannot listen on {}", path.display()))?;
+    let listener = UnixListener::bind(path)
+        .with_context(|| format!("control.listen: cannot listen on {}", path.display()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
         .with_context(|| format!("control.listen: cannot chmod {}", path.display()))?;
     Ok(listener)
@@ -129,11 +138,18 @@ pub struct Running {
 }
 
 impl Running {
+    /// Asks the server to stop without waiting (what dropping a test gateway does).
+    pub fn stop(&self) {
+        let _ = self.shutdown.send(true);
+    }
+
     /// Stops accepting, asks every connection to finish its request and close, and waits up to `grace`.
     /// Returns false when connections were still open at the deadline.
     pub async fn drain(mut self, grace: Duration) -> bool {
         let _ = self.shutdown.send(true);
-        tokio::time::timeout(grace, self.drained.recv()).await.is_ok()
+        tokio::time::timeout(grace, self.drained.recv())
+            .await
+            .is_ok()
     }
 }
 
@@ -149,7 +165,11 @@ struct Shared {
 }
 
 /// Starts serving on the bound sockets.
-pub fn start(gateway: Arc<Gateway>, control: Arc<Control>, bound: Bound) -> anyhow::Result<Running> {
+pub fn start(
+    gateway: Arc<Gateway>,
+    control: Arc<Control>,
+    bound: Bound,
+) -> anyhow::Result<Running> {
     let config = &gateway.config;
     let tls = match &config.server.tls {
         Some(t) => Some(tls::acceptor(&t.cert, &t.key)?),
@@ -165,15 +185,33 @@ pub fn start(gateway: Arc<Gateway>, control: Arc<Control>, bound: Bound) -> anyh
         header_timeout: config.server.header_timeout,
     };
     let addr = |l: &TcpListener| l.local_addr().context("listener address");
-    let http = bound.http.iter().map(addr).collect::<anyhow::Result<Vec<_>>>()?;
-    let https = bound.https.iter().map(addr).collect::<anyhow::Result<Vec<_>>>()?;
+    let http = bound
+        .http
+        .iter()
+        .map(addr)
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let https = bound
+        .https
+        .iter()
+        .map(addr)
+        .collect::<anyhow::Result<Vec<_>>>()?;
     for listener in bound.http {
         tracing::info!(kind = "http", addr = %addr(&listener)?, "listening");
-        tokio::spawn(accept_public(listener, None, gateway.clone(), shared.clone()));
+        tokio::spawn(accept_public(
+            listener,
+            None,
+            gateway.clone(),
+            shared.clone(),
+        ));
     }
     for listener in bound.https {
         tracing::info!(kind = "https", addr = %addr(&listener)?, "listening");
-        tokio::spawn(accept_public(listener, tls.clone(), gateway.clone(), shared.clone()));
+        tokio::spawn(accept_public(
+            listener,
+            tls.clone(),
+            gateway.clone(),
+            shared.clone(),
+        ));
     }
     let control_addr = match bound.control {
         ControlSocket::Tcp(listener) => {
@@ -210,7 +248,12 @@ fn builder(header_timeout: Duration) -> auto::Builder<TokioExecutor> {
     b
 }
 
-async fn accept_public(listener: TcpListener, tls: Option<TlsAcceptor>, gateway: Arc<Gateway>, shared: Shared) {
+async fn accept_public(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    gateway: Arc<Gateway>,
+    shared: Shared,
+) {
     let mut shutdown = shared.shutdown.clone();
     loop {
         let (stream, peer) = tokio::select! {
@@ -224,7 +267,11 @@ async fn accept_public(listener: TcpListener, tls: Option<TlsAcceptor>, gateway:
         let (gateway, shared, tls) = (gateway.clone(), shared.clone(), tls.clone());
         tokio::spawn(async move {
             let activity = Arc::new(Activity::new());
-            let conn = Conn { peer, tls: tls.is_some(), activity: activity.clone() };
+            let conn = Conn {
+                peer,
+                tls: tls.is_some(),
+                activity: activity.clone(),
+            };
             let svc = move |req| {
                 let (gateway, conn) = (gateway.clone(), conn.clone());
                 async move { Ok::<_, std::convert::Infallible>(gateway.serve(req, conn).await) }
@@ -232,7 +279,8 @@ async fn accept_public(listener: TcpListener, tls: Option<TlsAcceptor>, gateway:
             match tls {
                 None => serve_conn(stream, svc, activity, shared).await,
                 Some(acceptor) => {
-                    match tokio::time::timeout(shared.header_timeout, acceptor.accept(stream)).await {
+                    match tokio::time::timeout(shared.header_timeout, acceptor.accept(stream)).await
+                    {
                         Ok(Ok(stream)) => serve_conn(stream, svc, activity, shared).await,
                         Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
@@ -309,7 +357,12 @@ where
         .serve_connection_with_upgrades(TokioIo::new(io), service_fn(svc));
     tokio::pin!(conn);
     let mut closing = false;
-    let mut tick = tokio::time::interval(shared.idle_timeout.min(Duration::from_secs(1)).max(Duration::from_millis(50)));
+    let mut tick = tokio::time::interval(
+        shared
+            .idle_timeout
+            .min(Duration::from_secs(1))
+            .max(Duration::from_millis(50)),
+    );
     loop {
         tokio::select! {
             res = conn.as_mut() => {

@@ -1,0 +1,347 @@
+//! Forwarding: bodies both ways, header hygiene, identity, the upstream signature, upgrades and upstream failures.
+
+use http::{Method, Request, StatusCode};
+
+use crate::util::*;
+
+#[tokio::test]
+async fn get_and_post_pass_through_unchanged() {
+    let up = TestUpstream::start().await;
+    let gw = TestGateway::start(&up.url(), "").await;
+
+    let (res, body) = get(&gw.url("/some/page?a=1&b=%20x")).await;
+    assert_eq!(res.status, StatusCode::OK);
+    let e = echo(&body);
+    assert_eq!(
+        (e.method.as_str(), e.uri.as_str()),
+        ("GET", "/some/page?a=1&b=%20x")
+    );
+    assert_eq!(e.header("host"), Some(gw.addr.to_string().as_str()));
+
+    let req = Request::post(gw.url("/form"))
+        .header("content-type", "text/plain")
+        .body(upgate::body::full("hello upstream"))
+        .expect("req");
+    let (res, body) = send(req).await;
+    assert_eq!(res.status, StatusCode::OK);
+    let e = echo(&body);
+    assert_eq!(e.method, "POST");
+    assert_eq!(e.body_len, 14);
+    assert_eq!(e.header("content-type"), Some("text/plain"));
+    assert_eq!(
+        e.body_sha256,
+        hex::encode(ring::digest::digest(
+            &ring::digest::SHA256,
+            b"hello upstream"
+        ))
+    );
+}
+
+#[tokio::test]
+async fn chunked_request_and_large_response_stream() {
+    let up = TestUpstream::start().await;
+    let gw = TestGateway::start(&up.url(), "").await;
+    let len = 20 * 1024 * 1024 + 7;
+    let req = Request::put(gw.url("/chunked"))
+        .body(pattern_body(len, false))
+        .expect("req");
+    let (_, body) = send(req).await;
+    let e = echo(&body);
+    assert_eq!(
+        e.header("transfer-encoding"),
+        Some("chunked"),
+        "{:?}",
+        e.headers
+    );
+    assert_eq!(e.body_len, len);
+    assert_eq!(e.body_sha256, pattern_digest(len));
+
+    let res = within(
+        30,
+        client().request(
+            Request::get(gw.url(&format!("/stream/{len}")))
+                .body(upgate::body::empty())
+                .expect("req"),
+        ),
+    )
+    .await
+    .expect("response");
+    assert_eq!(res.status(), StatusCode::OK);
+    let (got, digest) = within(60, digest_body(res.into_body())).await;
+    assert_eq!((got, digest), (len, pattern_digest(len)));
+}
+
+#[tokio::test]
+async fn every_forged_header_is_removed() {
+    let up = TestUpstream::start().await;
+    let gw = TestGateway::start(&up.url(), "").await;
+    let req = Request::get(gw.url("/forged"))
+        .header("X-Upload-Handle", "stolen")
+        .header("X-Upload-Session", "forged-session")
+        .header("x_upload_session", "forged-underscore")
+        .header("X-Upgate-Client", "forged-client")
+        .header("X-UPGATE-SIGNATURE", "t=1,v1=00")
+        .header("x_upgate_client", "forged-underscore")
+        .header("X-Upgate-Anything", "x")
+        .header("Forwarded", "for=6.6.6.6")
+        .header("X-Forwarded-For", "6.6.6.6")
+        .header("X-Forwarded-Host", "evil.test")
+        .header("X-Forwarded-Proto", "https")
+        .header("x_forwarded_for", "6.6.6.6")
+        .header("X-Request-Id", "forged-id")
+        .header("Connection", "x-hop-secret")
+        .header("X-Hop-Secret", "1")
+        .header("Keep-Alive", "timeout=1")
+        .header("TE", "trailers")
+        .header("X-Kept", "yes")
+        .body(upgate::body::empty())
+        .expect("req");
+    let (res, body) = send(req).await;
+    let e = echo(&body);
+    for name in [
+        "x-upload-handle",
+        "x-upload-session",
+        "x_upload_session",
+        "x_upgate_client",
+        "x-upgate-anything",
+        "forwarded",
+        "x_forwarded_for",
+        "x-hop-secret",
+        "keep-alive",
+        "te",
+        "x-upgate-client",
+    ] {
+        assert!(
+            !e.headers.contains_key(name),
+            "{name} reached the upstream: {:?}",
+            e.headers
+        );
+    }
+    assert_eq!(
+        e.header("x-upgate-signature")
+            .map(|s| s.starts_with("t=1,")),
+        Some(false)
+    );
+    assert_eq!(e.header("x-forwarded-for"), Some("127.0.0.1"));
+    assert_eq!(e.header("x-forwarded-proto"), Some("http"));
+    assert_eq!(
+        e.header("x-forwarded-host"),
+        Some(gw.addr.to_string().as_str())
+    );
+    assert_eq!(e.header("x-kept"), Some("yes"));
+    let id = e.header("x-request-id").expect("request id");
+    assert_ne!(id, "forged-id");
+    assert!(uuid::Uuid::parse_str(id).is_ok(), "{id}");
+    assert_eq!(
+        res.headers["x-request-id"], id,
+        "the client sees the same id"
+    );
+}
+
+#[tokio::test]
+async fn trusted_proxy_headers_are_kept_and_appended() {
+    let up = TestUpstream::start().await;
+    let gw = TestGateway::start(&up.url(), "trusted_proxies = [\"127.0.0.0/8\"]\n").await;
+    let req = Request::get(gw.url("/"))
+        .header("X-Forwarded-For", "203.0.113.7")
+        .header("X-Forwarded-Proto", "https")
+        .header("X-Forwarded-Host", "app.example")
+        .header("X-Request-Id", "edge-42")
+        .header("X-Upgate-Client", "still-forged")
+        .body(upgate::body::empty())
+        .expect("req");
+    let (res, body) = send(req).await;
+    let e = echo(&body);
+    assert_eq!(e.header("x-forwarded-for"), Some("203.0.113.7, 127.0.0.1"));
+    assert_eq!(e.header("x-forwarded-proto"), Some("https"));
+    assert_eq!(e.header("x-forwarded-host"), Some("app.example"));
+    assert_eq!(e.header("x-request-id"), Some("edge-42"));
+    assert_eq!(res.headers["x-request-id"], "edge-42");
+    assert!(
+        e.header("x-upgate-client").is_none(),
+        "never trusted, even from a proxy"
+    );
+}
+
+/// The upstream's check of `X-Upgate-Signature`, done here with the secret and nothing of upgate's.
+fn verify_signature(e: &Echo, method: &str, path: &str, client: &str, session: &str) {
+    let header = e.header("x-upgate-signature").expect("signature header");
+    let (t, v1) = header.split_once(",v1=").expect("t=..,v1=..");
+    let t = t.strip_prefix("t=").expect("t=");
+    let now = upgate::proxy::unix_now();
+    assert!(t.parse::<u64>().expect("unix time").abs_diff(now) < 60);
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, SECRET);
+    let msg = format!("upstream\n{t}\n{method}\n{path}\n{client}\n{session}");
+    let tag = hex::decode(v1).expect("hex");
+    ring::hmac::verify(&key, msg.as_bytes(), &tag).expect("signature verifies with the secret");
+}
+
+#[tokio::test]
+async fn identity_header_and_signature() {
+    let up = TestUpstream::start().await;
+    let gw = TestGateway::start(
+        &up.url(),
+        "[identity]\nfrom = \"cookie:sessionid\"\nissue_cookie = false\n",
+    )
+    .await;
+    let req = Request::post(gw.url("/api/x?y=2"))
+        .header("cookie", "csrftoken=a; sessionid=django-session-1")
+        .body(upgate::body::empty())
+        .expect("req");
+    let (_, body) = send(req).await;
+    let e = echo(&body);
+    let key = client_key("django-session-1");
+    assert_eq!(e.header("x-upgate-client"), Some(key.as_str()));
+    verify_signature(&e, "POST", "/api/x?y=2", &key, "");
+
+    let (_, body) = get(&gw.url("/anon")).await;
+    let e = echo(&body);
+    assert!(e.header("x-upgate-client").is_none());
+    verify_signature(&e, "GET", "/anon", "", "");
+}
+
+#[tokio::test]
+async fn identity_from_a_header_and_unsigned_issued_cookies_are_ignored() {
+    let up = TestUpstream::start().await;
+    let gw = TestGateway::start(
+        &up.url(),
+        "[identity]\nfrom = \"header:Authorization\"\nissue_cookie = false\n",
+    )
+    .await;
+    let req = Request::get(gw.url("/"))
+        .header("authorization", "Bearer abc")
+        .body(upgate::body::empty())
+        .expect("req");
+    let e = echo(&send(req).await.1);
+    assert_eq!(
+        e.header("x-upgate-client"),
+        Some(client_key("Bearer abc").as_str())
+    );
+    assert_eq!(
+        e.header("authorization"),
+        Some("Bearer abc"),
+        "the header itself still goes upstream"
+    );
+
+    // With issue_cookie, only a cookie upgate signed is an identity.
+    let gw = TestGateway::start(&up.url(), "").await;
+    let req = Request::get(gw.url("/"))
+        .header("cookie", "upgate_client=made-up")
+        .body(upgate::body::empty())
+        .expect("req");
+    let e = echo(&send(req).await.1);
+    assert!(e.header("x-upgate-client").is_none(), "{:?}", e.headers);
+}
+
+#[tokio::test]
+async fn websocket_echo_through_the_gateway() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let up = TestUpstream::start().await;
+    let gw = TestGateway::start(&up.url(), "").await;
+    let (mut ws, res) = within(
+        10,
+        tokio_tungstenite::connect_async(format!("ws://{}/ws", gw.addr)),
+    )
+    .await
+    .expect("ws handshake");
+    assert_eq!(res.status(), StatusCode::SWITCHING_PROTOCOLS);
+    for text in ["hello", "through", "upgate"] {
+        within(10, ws.send(Message::text(text)))
+            .await
+            .expect("send");
+        let back = within(10, ws.next()).await.expect("open").expect("message");
+        assert_eq!(back, Message::text(text));
+    }
+    let big = vec![7u8; 1 << 20];
+    within(10, ws.send(Message::binary(big.clone())))
+        .await
+        .expect("send");
+    assert_eq!(
+        within(10, ws.next())
+            .await
+            .expect("open")
+            .expect("message")
+            .into_data(),
+        big
+    );
+    within(10, ws.close(None)).await.expect("close");
+}
+
+#[tokio::test]
+async fn upstream_down_is_502_and_slow_is_504() {
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr")
+    };
+    let gw = TestGateway::start(&format!("http://{closed}"), "").await;
+    let (res, body) = get(&gw.url("/")).await;
+    assert_eq!(res.status, StatusCode::BAD_GATEWAY);
+    assert_eq!(json(&body)["error"], "upstream_unreachable");
+    assert!(res.headers.contains_key("x-request-id"));
+
+    let up = TestUpstream::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_secret(dir.path());
+    // A config of its own: the upstream table is the one being changed.
+    let text = config_text(dir.path(), &up.url(), "")
+        .replace("response_timeout = \"10s\"", "response_timeout = \"300ms\"");
+    assert!(text.contains("300ms"), "{text}");
+    let config = upgate::config::Config::from_file(
+        upgate::config::parse_file(&text).expect("parse"),
+        dir.path(),
+    )
+    .expect("config");
+    let running = within(10, upgate::cli::start(config)).await.expect("start");
+    let (res, body) = get(&format!("http://{}/sleep/3000", running.http[0])).await;
+    assert_eq!(res.status, StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(json(&body)["error"], "upstream_timeout");
+    let (res, _) = get(&format!("http://{}/sleep/10", running.http[0])).await;
+    assert_eq!(res.status, StatusCode::OK, "a fast answer still passes");
+    running.stop();
+}
+
+#[tokio::test]
+async fn control_health_readiness_and_metrics() {
+    let up = TestUpstream::start().await;
+    let gw = TestGateway::start(&up.url(), "").await;
+    let (res, _) = get(&gw.control_url("/healthz")).await;
+    assert_eq!(res.status, StatusCode::OK);
+    let (res, body) = get(&gw.control_url("/readyz")).await;
+    assert_eq!(res.status, StatusCode::OK, "{body:?}");
+    get(&gw.url("/count-me")).await;
+    let (_, body) = get(&gw.control_url("/metrics")).await;
+    let text = String::from_utf8_lossy(&body);
+    for series in [
+        "upgate_requests_total{class=\"2xx\"}",
+        "upgate_requests_in_flight",
+        "upgate_upstream_latency_seconds_bucket",
+        "upgate_received_bytes_total",
+        "upgate_sent_bytes_total",
+    ] {
+        assert!(text.contains(series), "{series} missing:\n{text}");
+    }
+    drop(up);
+    // The upstream's listener closes once its aborted task is dropped: poll for it.
+    let body = within(10, async {
+        loop {
+            let (res, body) = get(&gw.control_url("/readyz")).await;
+            if res.status == StatusCode::SERVICE_UNAVAILABLE {
+                return body;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert_eq!(json(&body)["upstream"], false);
+    assert_eq!(json(&body)["storage"], true);
+    let (res, _) = send(
+        Request::builder()
+            .method(Method::GET)
+            .uri(gw.control_url("/nope"))
+            .body(upgate::body::empty())
+            .expect("req"),
+    )
+    .await;
+    assert_eq!(res.status, StatusCode::NOT_FOUND);
+}

@@ -1,0 +1,484 @@
+//! The test bench: a real echo upstream, the real gateway on 127.0.0.1:0, clients with a timeout on every await.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body::{Frame, SizeHint};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+use upgate::body::Body;
+
+pub const SECRET: &[u8] = b"test-secret-0123456789abcdef-0123456789";
+
+/// Every await of the tests goes through this: a hang is a failure, not a stuck CI.
+pub async fn within<F: Future>(secs: u64, fut: F) -> F::Output {
+    tokio::time::timeout(Duration::from_secs(secs), fut)
+        .await
+        .unwrap_or_else(|_| panic!("timed out after {secs}s"))
+}
+
+/// A body of `len` bytes made on the fly (never held whole), with or without a known length.
+pub struct Pattern {
+    remaining: u64,
+    exact: bool,
+    chunk: Bytes,
+}
+
+impl Pattern {
+    pub fn new(len: u64, exact: bool) -> Self {
+        let chunk: Vec<u8> = (0..64 * 1024).map(|i| (i % 251) as u8).collect();
+        Self {
+            remaining: len,
+            exact,
+            chunk: chunk.into(),
+        }
+    }
+}
+
+impl http_body::Body for Pattern {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        if self.remaining == 0 {
+            return Poll::Ready(None);
+        }
+        let n = self.remaining.min(self.chunk.len() as u64) as usize;
+        self.remaining -= n as u64;
+        Poll::Ready(Some(Ok(Frame::data(self.chunk.slice(..n)))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.remaining == 0
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        if self.exact {
+            SizeHint::with_exact(self.remaining)
+        } else {
+            SizeHint::default()
+        }
+    }
+}
+
+pub fn pattern_body(len: u64, exact: bool) -> Body {
+    upgate::body::boxed(Pattern::new(len, exact))
+}
+
+/// Streams a body through SHA-256, returning (length, hex digest).
+pub async fn digest_body<B>(body: B) -> (u64, String)
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: std::fmt::Debug,
+{
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    let mut len = 0u64;
+    let mut body = std::pin::pin!(body);
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame.expect("body frame").into_data() {
+            len += data.len() as u64;
+            ctx.update(&data);
+        }
+    }
+    (len, hex::encode(ctx.finish()))
+}
+
+pub fn pattern_digest(len: u64) -> String {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    let chunk: Vec<u8> = (0..64 * 1024).map(|i| (i % 251) as u8).collect();
+    let mut left = len;
+    while left > 0 {
+        let n = left.min(chunk.len() as u64) as usize;
+        ctx.update(&chunk[..n]);
+        left -= n as u64;
+    }
+    hex::encode(ctx.finish())
+}
+
+/// What the echo upstream saw of a request.
+#[derive(Debug, serde::Deserialize)]
+pub struct Echo {
+    pub method: String,
+    pub uri: String,
+    pub headers: BTreeMap<String, Vec<String>>,
+    pub body_len: u64,
+    pub body_sha256: String,
+}
+
+impl Echo {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .get(name)
+            .and_then(|v| v.first())
+            .map(String::as_str)
+    }
+}
+
+/// A real HTTP/1.1 upstream: `/sleep/<ms>` delays its headers, `/stream/<n>` sends n bytes,
+/// `/ws` is a WebSocket echo, anything else echoes the request as JSON.
+pub struct TestUpstream {
+    pub addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for TestUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl TestUpstream {
+    pub async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind upstream");
+        let addr = listener.local_addr().expect("addr");
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(upstream_route);
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .with_upgrades()
+                        .await;
+                });
+            }
+        });
+        Self { addr, task }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+async fn upstream_route(
+    req: Request<Incoming>,
+) -> Result<Response<Body>, std::convert::Infallible> {
+    let path = req.uri().path().to_string();
+    if let Some(ms) = path.strip_prefix("/sleep/") {
+        tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(0))).await;
+    }
+    if let Some(n) = path.strip_prefix("/stream/") {
+        return Ok(Response::new(pattern_body(n.parse().unwrap_or(0), true)));
+    }
+    if path == "/ws" {
+        return Ok(websocket_echo(req));
+    }
+    let method = req.method().to_string();
+    let uri = req.uri().to_string();
+    let mut headers: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (k, v) in req.headers() {
+        headers
+            .entry(k.to_string())
+            .or_default()
+            .push(String::from_utf8_lossy(v.as_bytes()).into_owned());
+    }
+    let (body_len, body_sha256) = digest_body(req.into_body()).await;
+    let json = serde_json::json!({
+        "method": method, "uri": uri, "headers": headers, "body_len": body_len, "body_sha256": body_sha256,
+    });
+    let mut res = Response::new(upgate::body::full(json.to_string()));
+    res.headers_mut()
+        .insert("content-type", "application/json".parse().expect("value"));
+    Ok(res)
+}
+
+fn websocket_echo(mut req: Request<Incoming>) -> Response<Body> {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+    use tokio_tungstenite::tungstenite::protocol::Role;
+    let key = req
+        .headers()
+        .get("sec-websocket-key")
+        .map(|k| derive_accept_key(k.as_bytes()))
+        .unwrap_or_default();
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        let Ok(upgraded) = on_upgrade.await else {
+            return;
+        };
+        let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+            TokioIo::new(upgraded),
+            Role::Server,
+            None,
+        )
+        .await;
+        while let Some(Ok(msg)) = ws.next().await {
+            if msg.is_close() || ws.send(msg).await.is_err() {
+                break;
+            }
+        }
+    });
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header("connection", "upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-accept", key)
+        .body(upgate::body::empty())
+        .expect("response")
+}
+
+/// A config for a gateway on 127.0.0.1:0 in front of `upstream`, with storage and secret in `dir`.
+/// `extra` is TOML: its lines before the first `[table]` go into `[server]`, the rest is appended.
+pub fn config_text(dir: &Path, upstream: &str, extra: &str) -> String {
+    let split = extra.find("\n[").map_or(
+        if extra.trim_start().starts_with('[') {
+            0
+        } else {
+            extra.len()
+        },
+        |i| i + 1,
+    );
+    let (extra_server, extra) = extra.split_at(split);
+    format!(
+        r#"
+[server]
+listen = ["127.0.0.1:0"]
+{extra_server}
+[upstream]
+url = "{upstream}"
+connect_timeout = "2s"
+response_timeout = "10s"
+
+[secret]
+file = "{secret}"
+
+[storage]
+root = "{root}"
+
+[control]
+listen = "127.0.0.1:0"
+{extra}
+"#,
+        secret = dir.join("secret").display(),
+        root = dir.join("data").display(),
+    )
+}
+
+pub fn write_secret(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join("secret");
+    std::fs::write(&path, SECRET).expect("secret");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+}
+
+/// The real gateway, in this process, on ports picked by the kernel; shut down on drop.
+pub struct TestGateway {
+    pub addr: SocketAddr,
+    pub control: SocketAddr,
+    _dir: tempfile::TempDir,
+    running: Option<upgate::server::Running>,
+}
+
+impl TestGateway {
+    pub async fn start(upstream: &str, extra: &str) -> Self {
+        Self::start_with(upstream, |_| extra.to_string()).await
+    }
+
+    /// `extra` sees the temp dir, for configs that name files in it.
+    pub async fn start_with(upstream: &str, extra: impl FnOnce(&Path) -> String) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        write_secret(dir.path());
+        let text = config_text(dir.path(), upstream, &extra(dir.path()));
+        let config = upgate::config::Config::from_file(
+            upgate::config::parse_file(&text).expect("parse"),
+            dir.path(),
+        )
+        .expect("valid config");
+        let running = within(10, upgate::cli::start(config))
+            .await
+            .expect("gateway starts");
+        Self {
+            addr: running
+                .http
+                .first()
+                .copied()
+                .or(running.https.first().copied())
+                .expect("a listener"),
+            control: running.control.expect("tcp control"),
+            _dir: dir,
+            running: Some(running),
+        }
+    }
+
+    pub fn running(&self) -> &upgate::server::Running {
+        self.running.as_ref().expect("running")
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn control_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.control)
+    }
+}
+
+impl Drop for TestGateway {
+    fn drop(&mut self) {
+        if let Some(running) = self.running.take() {
+            running.stop();
+        }
+    }
+}
+
+pub fn client() -> Client<hyper_util::client::legacy::connect::HttpConnector, Body> {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// Sends a request and collects the answer (small bodies only).
+pub async fn send(req: Request<Body>) -> (http::response::Parts, Bytes) {
+    let res = within(30, client().request(req)).await.expect("request");
+    let (parts, body) = res.into_parts();
+    let bytes = within(30, body.collect()).await.expect("body").to_bytes();
+    (parts, bytes)
+}
+
+pub async fn get(url: &str) -> (http::response::Parts, Bytes) {
+    send(
+        Request::get(url)
+            .body(upgate::body::empty())
+            .expect("request"),
+    )
+    .await
+}
+
+pub fn json(bytes: &Bytes) -> serde_json::Value {
+    serde_json::from_slice(bytes)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(bytes)))
+}
+
+pub fn echo(bytes: &Bytes) -> Echo {
+    serde_json::from_slice(bytes)
+        .unwrap_or_else(|e| panic!("not an echo ({e}): {}", String::from_utf8_lossy(bytes)))
+}
+
+/// The expected client key for an identity value, computed here independently of the gateway.
+pub fn client_key(value: &str) -> String {
+    use base64::Engine;
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, SECRET);
+    let tag = ring::hmac::sign(&key, format!("client\n{value}").as_bytes());
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(tag.as_ref())[..22].to_string()
+}
+
+/// A gateway binary run as its own process, for signals, memory and crash tests.
+pub struct Spawned {
+    pub child: std::process::Child,
+    pub addr: SocketAddr,
+    pub control: SocketAddr,
+    pub log: Arc<std::sync::Mutex<String>>,
+}
+
+impl Spawned {
+    pub fn start(config: &Path) -> Self {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_upgate"))
+            .args(["run", "--config"])
+            .arg(config)
+            .env("RUST_LOG", "info")
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn upgate");
+        let stderr = child.stderr.take().expect("stderr");
+        let log = Arc::new(std::sync::Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if line.contains("listening") {
+                    let _ = tx.send(line.clone());
+                }
+                sink.lock().expect("log").push_str(&(line + "\n"));
+            }
+        });
+        let (mut addr, mut control) = (None, None);
+        while addr.is_none() || control.is_none() {
+            let line = rx
+                .recv_timeout(Duration::from_secs(20))
+                .unwrap_or_else(|_| panic!("upgate did not start: {}", log.lock().expect("log")));
+            let found = line
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix("addr="))
+                .and_then(|a| a.parse().ok());
+            if line.contains("kind=\"http\"") {
+                addr = found;
+            } else if line.contains("kind=\"control\"") {
+                control = found;
+            }
+        }
+        Self {
+            child,
+            addr: addr.expect("addr"),
+            control: control.expect("control"),
+            log,
+        }
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let ok = std::process::Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .expect("kill")
+            .success();
+        assert!(ok, "kill {sig} failed");
+    }
+
+    /// Peak resident memory of the process so far, in bytes (VmHWM).
+    pub fn peak_rss(&self) -> u64 {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).expect("status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .expect("VmHWM")
+            * 1024
+    }
+
+    /// Waits for the process to exit, polling.
+    pub async fn wait_exit(&mut self, secs: u64) -> std::process::ExitStatus {
+        within(secs, async {
+            loop {
+                if let Some(status) = self.child.try_wait().expect("try_wait") {
+                    return status;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn write_config(dir: &Path, text: &str) -> PathBuf {
+    let path = dir.join("upgate.toml");
+    std::fs::write(&path, text).expect("config");
+    path
+}
