@@ -13,6 +13,7 @@ use crate::gateway::Gateway;
 use crate::metrics::Metrics;
 use crate::server;
 use crate::signing::Secret;
+use crate::upload::store::Store;
 
 const DEFAULT_CONFIG: &str = "/etc/upgate/upgate.toml";
 
@@ -108,16 +109,12 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
 /// Loads the secret, prepares storage, binds and starts serving.
 pub async fn start(config: Config) -> anyhow::Result<server::Running> {
     let key = config::secret::load_or_create(&config.secret_file)?;
-    std::fs::create_dir_all(&config.storage_root).with_context(|| {
-        format!(
-            "storage.root: cannot create {}",
-            config.storage_root.display()
-        )
-    })?;
+    let store = Arc::new(Store::open(&config.storage_root)?);
     let bound = server::Bound::bind(&config).await?;
     let gateway = Arc::new(Gateway::new(
         config,
         Secret::new(&key),
+        store,
         Arc::new(Metrics::new()),
     ));
     let control = Arc::new(Control::new(gateway.clone()));

@@ -16,12 +16,14 @@ use crate::metrics::Metrics;
 use crate::proxy::{self, Upstream, headers};
 use crate::server::Activity;
 use crate::signing::Secret;
+use crate::upload::store::Store;
 
 /// Everything the request path shares: the validated config, the key, the upstream pool and the metrics.
 pub struct Gateway {
     pub config: Config,
     pub secret: Secret,
     pub upstream: Upstream,
+    pub store: Arc<Store>,
     pub metrics: Arc<Metrics>,
 }
 
@@ -49,12 +51,13 @@ pub struct Ctx {
 }
 
 impl Gateway {
-    pub fn new(config: Config, secret: Secret, metrics: Arc<Metrics>) -> Self {
+    pub fn new(config: Config, secret: Secret, store: Arc<Store>, metrics: Arc<Metrics>) -> Self {
         let upstream = Upstream::new(&config.upstream);
         Self {
             config,
             secret,
             upstream,
+            store,
             metrics,
         }
     }

@@ -1,0 +1,455 @@
+//! The persistent state (SPEC §9): handles, sessions and the file index in one redb database.
+//!
+//! redb gives crash-safe, fsynced, copy-on-write transactions in pure Rust; every change that must
+//! survive `kill -9` is one transaction, so a crash leaves either the old state or the new.
+
+use std::path::Path;
+
+use redb::{Database, Durability, ReadableTable, ReadableTableMetadata, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+/// handle -> [`HandleRecord`] (JSON)
+const HANDLES: TableDefinition<&str, &[u8]> = TableDefinition::new("handles");
+/// session token -> [`SessionRecord`] (JSON)
+const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
+/// file id -> [`FileRecord`] (JSON)
+const FILES: TableDefinition<&str, &[u8]> = TableDefinition::new("files");
+/// (session token, file name) -> file id: a session's files by name.
+const SESSION_FILES: TableDefinition<(&str, &str), &str> = TableDefinition::new("session_files");
+/// slot signature -> its expiry (unix seconds): slots already used.
+const USED_SLOTS: TableDefinition<&str, u64> = TableDefinition::new("used_slots");
+
+#[derive(Debug, thiserror::Error)]
+#[error("state database: {0}")]
+pub struct DbError(String);
+
+fn db_err(e: impl std::fmt::Display) -> DbError {
+    DbError(e.to_string())
+}
+
+pub type Result<T> = std::result::Result<T, DbError>;
+
+/// A live handle: which session of which client it stands for, and until when.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct HandleRecord {
+    pub token: String,
+    pub client: String,
+    pub expires_at: u64,
+}
+
+/// Per-session limits set by the registration; `None` keeps the configured default.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Limits {
+    pub accept: Option<Vec<String>>,
+    pub max_bytes: Option<u64>,
+    pub max_files: Option<u64>,
+}
+
+/// An upload session (the upstream's token): its limits and when a handle of it last lived.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SessionRecord {
+    pub limits: Limits,
+    pub alive_until: u64,
+}
+
+/// Who a stored file belongs to.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Owner {
+    /// Uploaded through a handle; lives as long as the session's retention.
+    Session { token: String },
+    /// Stored by an intercepted route or a slot; lives until deleted or `expires_at`.
+    Intercept { expires_at: u64 },
+}
+
+/// One stored file, as listed (SPEC §5 `FILE`, less the signed fields made when answering).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FileRecord {
+    pub id: String,
+    pub owner: Owner,
+    pub name: String,
+    pub size: u64,
+    pub content_type: String,
+    pub format: String,
+    pub sha256: String,
+    /// Unix seconds.
+    pub created: u64,
+}
+
+fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>> {
+    serde_json::to_vec(v).map_err(db_err)
+}
+
+fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T> {
+    serde_json::from_slice(bytes).map_err(db_err)
+}
+
+pub struct Db {
+    db: Database,
+}
+
+impl Db {
+    /// Opens (or creates) the database file, making sure every table exists.
+    pub fn open(path: &Path) -> Result<Db> {
+        let db = Database::create(path).map_err(db_err)?;
+        let tx = db.begin_write().map_err(db_err)?;
+        {
+            tx.open_table(HANDLES).map_err(db_err)?;
+            tx.open_table(SESSIONS).map_err(db_err)?;
+            tx.open_table(FILES).map_err(db_err)?;
+            tx.open_table(SESSION_FILES).map_err(db_err)?;
+            tx.open_table(USED_SLOTS).map_err(db_err)?;
+        }
+        tx.commit().map_err(db_err)?;
+        Ok(Db { db })
+    }
+
+    /// Every handle record, for loading the registry at start.
+    pub fn handles(&self) -> Result<Vec<(String, HandleRecord)>> {
+        let tx = self.db.begin_read().map_err(db_err)?;
+        let table = tx.open_table(HANDLES).map_err(db_err)?;
+        let mut out = Vec::new();
+        for row in table.iter().map_err(db_err)? {
+            let (k, v) = row.map_err(db_err)?;
+            out.push((k.value().to_string(), decode(v.value())?));
+        }
+        Ok(out)
+    }
+
+    pub fn session(&self, token: &str) -> Result<Option<SessionRecord>> {
+        let tx = self.db.begin_read().map_err(db_err)?;
+        let table = tx.open_table(SESSIONS).map_err(db_err)?;
+        let row = table.get(token).map_err(db_err)?;
+        row.map(|v| decode(v.value())).transpose()
+    }
+
+    pub fn sessions(&self) -> Result<Vec<(String, SessionRecord)>> {
+        let tx = self.db.begin_read().map_err(db_err)?;
+        let table = tx.open_table(SESSIONS).map_err(db_err)?;
+        let mut out = Vec::new();
+        for row in table.iter().map_err(db_err)? {
+            let (k, v) = row.map_err(db_err)?;
+            out.push((k.value().to_string(), decode(v.value())?));
+        }
+        Ok(out)
+    }
+
+    /// Stores a handle and its session in one durable transaction.
+    pub fn put_handle(
+        &self,
+        handle: &str,
+        record: &HandleRecord,
+        session: &SessionRecord,
+    ) -> Result<()> {
+        let tx = self.db.begin_write().map_err(db_err)?;
+        {
+            tx.open_table(HANDLES)
+                .map_err(db_err)?
+                .insert(handle, encode(record)?.as_slice())
+                .map_err(db_err)?;
+            tx.open_table(SESSIONS)
+                .map_err(db_err)?
+                .insert(record.token.as_str(), encode(session)?.as_slice())
+                .map_err(db_err)?;
+        }
+        tx.commit().map_err(db_err)
+    }
+
+    /// Moves handles' expiry forward. Not fsynced on its own (the next durable commit carries it):
+    /// a crash may cost a refresh, never consistency.
+    pub fn refresh_handles(&self, refreshed: &[(String, HandleRecord)]) -> Result<()> {
+        let mut tx = self.db.begin_write().map_err(db_err)?;
+        tx.set_durability(Durability::Eventual);
+        {
+            let mut handles = tx.open_table(HANDLES).map_err(db_err)?;
+            let mut sessions = tx.open_table(SESSIONS).map_err(db_err)?;
+            for (handle, record) in refreshed {
+                handles
+                    .insert(handle.as_str(), encode(record)?.as_slice())
+                    .map_err(db_err)?;
+                let current = sessions
+                    .get(record.token.as_str())
+                    .map_err(db_err)?
+                    .map(|v| decode::<SessionRecord>(v.value()))
+                    .transpose()?;
+                let mut session = current.unwrap_or_default();
+                if session.alive_until < record.expires_at {
+                    session.alive_until = record.expires_at;
+                    sessions
+                        .insert(record.token.as_str(), encode(&session)?.as_slice())
+                        .map_err(db_err)?;
+                }
+            }
+        }
+        tx.commit().map_err(db_err)
+    }
+
+    pub fn remove_handles(&self, handles: &[String]) -> Result<()> {
+        let tx = self.db.begin_write().map_err(db_err)?;
+        {
+            let mut table = tx.open_table(HANDLES).map_err(db_err)?;
+            for h in handles {
+                table.remove(h.as_str()).map_err(db_err)?;
+            }
+        }
+        tx.commit().map_err(db_err)
+    }
+
+    pub fn file(&self, id: &str) -> Result<Option<FileRecord>> {
+        let tx = self.db.begin_read().map_err(db_err)?;
+        let table = tx.open_table(FILES).map_err(db_err)?;
+        let row = table.get(id).map_err(db_err)?;
+        row.map(|v| decode(v.value())).transpose()
+    }
+
+    /// A session's files, ordered by name.
+    pub fn session_files(&self, token: &str) -> Result<Vec<FileRecord>> {
+        let tx = self.db.begin_read().map_err(db_err)?;
+        let index = tx.open_table(SESSION_FILES).map_err(db_err)?;
+        let files = tx.open_table(FILES).map_err(db_err)?;
+        let mut out = Vec::new();
+        for row in index.range((token, "")..).map_err(db_err)? {
+            let (k, id) = row.map_err(db_err)?;
+            if k.value().0 != token {
+                break;
+            }
+            if let Some(v) = files.get(id.value()).map_err(db_err)? {
+                out.push(decode(v.value())?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every file record (for retention and the orphan sweep).
+    pub fn files(&self) -> Result<Vec<FileRecord>> {
+        let tx = self.db.begin_read().map_err(db_err)?;
+        let table = tx.open_table(FILES).map_err(db_err)?;
+        let mut out = Vec::new();
+        for row in table.iter().map_err(db_err)? {
+            out.push(decode(row.map_err(db_err)?.1.value())?);
+        }
+        Ok(out)
+    }
+
+    /// Adds files in one durable transaction; a session file replaces the one of the same name.
+    /// Returns the records replaced (their blobs are the caller's to delete, after this commit).
+    pub fn add_files(&self, new: &[FileRecord]) -> Result<Vec<FileRecord>> {
+        let tx = self.db.begin_write().map_err(db_err)?;
+        let mut replaced = Vec::new();
+        {
+            let mut files = tx.open_table(FILES).map_err(db_err)?;
+            let mut index = tx.open_table(SESSION_FILES).map_err(db_err)?;
+            for f in new {
+                if let Owner::Session { token } = &f.owner {
+                    let old = index
+                        .insert((token.as_str(), f.name.as_str()), f.id.as_str())
+                        .map_err(db_err)?
+                        .map(|g| g.value().to_string());
+                    if let Some(old) = old
+                        && let Some(v) = files.remove(old.as_str()).map_err(db_err)?
+                    {
+                        replaced.push(decode(v.value())?);
+                    }
+                }
+                files
+                    .insert(f.id.as_str(), encode(f)?.as_slice())
+                    .map_err(db_err)?;
+            }
+        }
+        tx.commit().map_err(db_err)?;
+        Ok(replaced)
+    }
+
+    /// Removes files by id in one durable transaction; returns those that existed.
+    pub fn remove_files(&self, ids: &[&str]) -> Result<Vec<FileRecord>> {
+        let tx = self.db.begin_write().map_err(db_err)?;
+        let mut removed = Vec::new();
+        {
+            let mut files = tx.open_table(FILES).map_err(db_err)?;
+            let mut index = tx.open_table(SESSION_FILES).map_err(db_err)?;
+            for id in ids {
+                let Some(v) = files.remove(*id).map_err(db_err)? else {
+                    continue;
+                };
+                let record: FileRecord = decode(v.value())?;
+                if let Owner::Session { token } = &record.owner {
+                    let current = index
+                        .get((token.as_str(), record.name.as_str()))
+                        .map_err(db_err)?
+                        .map(|g| g.value() == *id);
+                    if current == Some(true) {
+                        index
+                            .remove((token.as_str(), record.name.as_str()))
+                            .map_err(db_err)?;
+                    }
+                }
+                removed.push(record);
+            }
+        }
+        tx.commit().map_err(db_err)?;
+        Ok(removed)
+    }
+
+    /// Ends a session: its record, handles and files, in one durable transaction. Returns its files.
+    pub fn remove_session(&self, token: &str) -> Result<Vec<FileRecord>> {
+        let files = self.session_files(token)?;
+        let handles: Vec<String> = self
+            .handles()?
+            .into_iter()
+            .filter(|(_, r)| r.token == token)
+            .map(|(h, _)| h)
+            .collect();
+        let tx = self.db.begin_write().map_err(db_err)?;
+        {
+            let mut file_table = tx.open_table(FILES).map_err(db_err)?;
+            let mut index = tx.open_table(SESSION_FILES).map_err(db_err)?;
+            for f in &files {
+                file_table.remove(f.id.as_str()).map_err(db_err)?;
+                index.remove((token, f.name.as_str())).map_err(db_err)?;
+            }
+            let mut handle_table = tx.open_table(HANDLES).map_err(db_err)?;
+            for h in &handles {
+                handle_table.remove(h.as_str()).map_err(db_err)?;
+            }
+            tx.open_table(SESSIONS)
+                .map_err(db_err)?
+                .remove(token)
+                .map_err(db_err)?;
+        }
+        tx.commit().map_err(db_err)?;
+        Ok(files)
+    }
+
+    /// Marks a slot used; false if it already was (SPEC §6: single use, across restarts).
+    pub fn use_slot(&self, sig: &str, expires_at: u64) -> Result<bool> {
+        let tx = self.db.begin_write().map_err(db_err)?;
+        let fresh = {
+            let mut table = tx.open_table(USED_SLOTS).map_err(db_err)?;
+            let seen = table.get(sig).map_err(db_err)?.is_some();
+            if !seen {
+                table.insert(sig, expires_at).map_err(db_err)?;
+            }
+            !seen
+        };
+        tx.commit().map_err(db_err)?;
+        Ok(fresh)
+    }
+
+    /// Forgets used slots whose signatures have expired anyway; returns how many.
+    pub fn prune_slots(&self, now: u64) -> Result<usize> {
+        let tx = self.db.begin_write().map_err(db_err)?;
+        let n = {
+            let mut table = tx.open_table(USED_SLOTS).map_err(db_err)?;
+            let before = table.len().map_err(db_err)?;
+            table.retain(|_, expires| expires >= now).map_err(db_err)?;
+            before - table.len().map_err(db_err)?
+        };
+        tx.commit().map_err(db_err)?;
+        Ok(usize::try_from(n).unwrap_or(usize::MAX))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(id: &str, token: &str, name: &str) -> FileRecord {
+        FileRecord {
+            id: id.into(),
+            owner: Owner::Session {
+                token: token.into(),
+            },
+            name: name.into(),
+            size: 3,
+            content_type: "text/plain".into(),
+            format: "txt".into(),
+            sha256: "00".into(),
+            created: 1,
+        }
+    }
+
+    #[test]
+    fn files_by_session_replace_and_remove() {
+        let dir = tempfile::tempdir().expect("dir");
+        let db = Db::open(&dir.path().join("state.redb")).expect("open");
+        assert!(
+            db.add_files(&[
+                file("1", "t", "a.txt"),
+                file("2", "t", "b.txt"),
+                file("3", "u", "a.txt")
+            ])
+            .expect("add")
+            .is_empty()
+        );
+        let replaced = db.add_files(&[file("4", "t", "a.txt")]).expect("replace");
+        assert_eq!(replaced, vec![file("1", "t", "a.txt")]);
+        let names: Vec<_> = db
+            .session_files("t")
+            .expect("list")
+            .into_iter()
+            .map(|f| (f.name, f.id))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ("a.txt".to_string(), "4".to_string()),
+                ("b.txt".into(), "2".into())
+            ]
+        );
+        assert_eq!(db.remove_files(&["2", "nope"]).expect("remove").len(), 1);
+        assert_eq!(db.session_files("t").expect("list").len(), 1);
+        assert_eq!(db.remove_session("t").expect("end").len(), 1);
+        assert!(db.session_files("t").expect("list").is_empty());
+        assert_eq!(
+            db.session_files("u").expect("list").len(),
+            1,
+            "other sessions untouched"
+        );
+    }
+
+    #[test]
+    fn state_survives_reopening() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("state.redb");
+        {
+            let db = Db::open(&path).expect("open");
+            let h = HandleRecord {
+                token: "t".into(),
+                client: "c".into(),
+                expires_at: 10,
+            };
+            db.put_handle(
+                "h1",
+                &h,
+                &SessionRecord {
+                    limits: Limits::default(),
+                    alive_until: 10,
+                },
+            )
+            .expect("put");
+            db.refresh_handles(&[(
+                "h1".into(),
+                HandleRecord {
+                    expires_at: 20,
+                    ..h
+                },
+            )])
+            .expect("refresh");
+            assert!(db.use_slot("sig", 100).expect("slot"));
+        }
+        let db = Db::open(&path).expect("reopen");
+        assert_eq!(db.handles().expect("handles")[0].1.expires_at, 20);
+        assert_eq!(
+            db.session("t")
+                .expect("session")
+                .expect("exists")
+                .alive_until,
+            20
+        );
+        assert!(
+            !db.use_slot("sig", 100).expect("slot"),
+            "a used slot stays used"
+        );
+        assert_eq!(db.prune_slots(101).expect("prune"), 1);
+    }
+}

@@ -1,0 +1,5 @@
+//! Uploads: format recognition, safe names, and the files on disk.
+
+pub mod formats;
+pub mod names;
+pub mod store;

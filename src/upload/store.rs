@@ -1,0 +1,93 @@
+//! Files on disk (SPEC §9): finished blobs by id, a temp area on the same filesystem, and the state database.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use crate::db::Db;
+
+/// The storage root's layout: `files/<2 hex>/<id>`, `tmp/`, `state/upgate.redb`.
+pub struct Store {
+    files: PathBuf,
+    tmp: PathBuf,
+    pub db: Db,
+}
+
+impl Store {
+    /// Creates the layout if needed, empties the temp area (leftovers of a crash), opens the state.
+    pub fn open(root: &Path) -> anyhow::Result<Store> {
+        use anyhow::Context;
+        let files = root.join("files");
+        let tmp = root.join("tmp");
+        let state = root.join("state");
+        for dir in [&files, &tmp, &state] {
+            fs::create_dir_all(dir)
+                .with_context(|| format!("storage.root: cannot create {}", dir.display()))?;
+        }
+        let mut removed = 0u64;
+        for entry in fs::read_dir(&tmp)
+            .with_context(|| format!("storage.root: cannot read {}", tmp.display()))?
+        {
+            let path = entry?.path();
+            if fs::remove_file(&path)
+                .or_else(|_| fs::remove_dir_all(&path))
+                .is_ok()
+            {
+                removed += 1;
+            }
+        }
+        if removed > 0 {
+            tracing::info!(removed, "emptied the temp area");
+        }
+        let db = Db::open(&state.join("upgate.redb"))
+            .context("storage.root: opening the state database")?;
+        Ok(Store { files, tmp, db })
+    }
+
+    /// Where the finished file of `id` lives. Ids are UUIDs made by upgate, never client input.
+    pub fn blob_path(&self, id: &str) -> PathBuf {
+        let shard = id.get(..2).unwrap_or("xx");
+        self.files.join(shard).join(id)
+    }
+
+    /// A fresh temp file path, on the same filesystem as the blobs so that rename is atomic.
+    pub fn temp_path(&self) -> PathBuf {
+        self.tmp.join(uuid::Uuid::new_v4().to_string())
+    }
+
+    /// Makes a fully written, fsynced temp file the blob of `id`: rename, then fsync the folder.
+    pub fn persist(&self, temp: &Path, id: &str) -> io::Result<()> {
+        let target = self.blob_path(id);
+        let dir = target.parent().unwrap_or(&self.files);
+        fs::create_dir_all(dir)?;
+        fs::rename(temp, &target)?;
+        fs::File::open(dir)?.sync_all()
+    }
+
+    /// Removes a blob; a missing one is not an error.
+    pub fn remove_blob(&self, id: &str) {
+        let path = self.blob_path(id);
+        if let Err(e) = fs::remove_file(&path)
+            && e.kind() != io::ErrorKind::NotFound
+        {
+            tracing::warn!(path = %path.display(), error = %e, "cannot remove a file");
+        }
+    }
+
+    /// Every blob id on disk (for the orphan sweep).
+    pub fn blob_ids(&self) -> io::Result<Vec<String>> {
+        let mut ids = Vec::new();
+        for shard in fs::read_dir(&self.files)? {
+            for entry in fs::read_dir(shard?.path())? {
+                if let Some(name) = entry?.file_name().to_str() {
+                    ids.push(name.to_string());
+                }
+            }
+        }
+        Ok(ids)
+    }
+
+    pub fn temp_dir(&self) -> &Path {
+        &self.tmp
+    }
+}
