@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 use crate::config::{self, Config};
 use crate::control::Control;
 use crate::gateway::Gateway;
+use crate::handles::Registry;
 use crate::metrics::Metrics;
 use crate::server;
 use crate::signing::Secret;
@@ -111,14 +112,54 @@ pub async fn start(config: Config) -> anyhow::Result<server::Running> {
     let key = config::secret::load_or_create(&config.secret_file)?;
     let store = Arc::new(Store::open(&config.storage_root)?);
     let bound = server::Bound::bind(&config).await?;
+    let registry = Registry::load(
+        &store.db,
+        config.uploads.handle_ttl,
+        crate::proxy::unix_now(),
+    )?;
+    tracing::info!(handles = registry.len(), "loaded the handle registry");
     let gateway = Arc::new(Gateway::new(
         config,
         Secret::new(&key),
         store,
+        Arc::new(registry),
         Arc::new(Metrics::new()),
     ));
     let control = Arc::new(Control::new(gateway.clone()));
-    server::start(gateway, control, bound)
+    let running = server::start(gateway.clone(), control, bound)?;
+    running.spawn_background(|shutdown| upkeep(gateway, shutdown));
+    Ok(running)
+}
+
+/// Background care of the state: refreshed handle expiries written every few seconds, expired handles
+/// pruned; a last flush at shutdown.
+async fn upkeep(gateway: Arc<Gateway>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(2));
+    let mut rounds = 0u64;
+    loop {
+        let last = tokio::select! {
+            _ = tick.tick() => false,
+            _ = server::stopped(&mut shutdown) => true,
+        };
+        rounds += 1;
+        let gw = gateway.clone();
+        let prune = rounds % 30 == 0;
+        let step = (gw.config.uploads.handle_ttl.as_secs() / 60).max(1);
+        let done = tokio::task::spawn_blocking(move || {
+            gw.registry.flush(&gw.store.db, step)?;
+            if prune {
+                gw.registry.prune(&gw.store.db, crate::proxy::unix_now())?;
+            }
+            Ok::<_, crate::db::DbError>(())
+        })
+        .await;
+        if let Ok(Err(e)) = done {
+            tracing::error!(error = %e, "handle upkeep failed");
+        }
+        if last {
+            return;
+        }
+    }
 }
 
 async fn shutdown_signal() -> anyhow::Result<()> {

@@ -7,8 +7,16 @@ use std::time::Duration;
 use http::{Method, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 
+use serde_json::json;
+
 use crate::body::{self, Body};
+use crate::config::file::Size;
+use crate::config::parse_size;
+use crate::db::Limits;
+use crate::error::{Error, Kind, Result};
 use crate::gateway::Gateway;
+use crate::proxy::{directives, unix_now};
+use crate::upload;
 
 /// The control listener's service.
 pub struct Control {
@@ -20,27 +28,106 @@ impl Control {
         Self { gateway }
     }
 
+    /// The control service: never fails; errors become the JSON of SPEC.md.
     pub async fn serve(&self, req: Request<Incoming>) -> Response<Body> {
-        match (req.method(), req.uri().path()) {
-            (&Method::GET | &Method::HEAD, "/healthz") => {
-                body::json(StatusCode::OK, &serde_json::json!({ "status": "ok" }))
+        match self.route(req).await {
+            Ok(res) => res,
+            Err(e) => {
+                tracing::info!(error = %e, "control request refused");
+                body::json(e.status(), &e.body(false))
             }
-            (&Method::GET | &Method::HEAD, "/readyz") => self.readyz().await,
-            (&Method::GET | &Method::HEAD, "/metrics") => {
-                let mut res = Response::new(body::full(self.gateway.metrics.render()));
-                res.headers_mut().insert(
-                    header::CONTENT_TYPE,
-                    header::HeaderValue::from_static(
-                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                    ),
-                );
-                res
-            }
-            _ => body::json(
-                StatusCode::NOT_FOUND,
-                &serde_json::json!({ "error": "not_found", "verbose_error": "no such control endpoint" }),
-            ),
         }
+    }
+
+    async fn route(&self, req: Request<Incoming>) -> Result<Response<Body>> {
+        let path = req.uri().path().to_string();
+        let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        let read = matches!(*req.method(), Method::GET | Method::HEAD);
+        match (req.method().clone(), segments.as_slice()) {
+            (_, ["healthz"]) if read => Ok(body::json(StatusCode::OK, &json!({ "status": "ok" }))),
+            (_, ["readyz"]) if read => Ok(self.readyz().await),
+            (_, ["metrics"]) if read => Ok(self.metrics()),
+            (Method::POST, ["v1", "handles"]) => self.register(req).await,
+            (Method::DELETE, ["v1", "sessions", token]) => self.end_session(&decode(token)?).await,
+            (Method::GET, ["v1", "sessions", token, "files"]) => {
+                self.session_files(&decode(token)?).await
+            }
+            (Method::DELETE, ["v1", "files", id]) => self.delete_file(id).await,
+            _ => Err(Error::new(Kind::NotFound, "no such control endpoint")),
+        }
+    }
+
+    fn metrics(&self) -> Response<Body> {
+        let mut res = Response::new(body::full(self.gateway.metrics.render()));
+        res.headers_mut().insert(
+            header::CONTENT_TYPE,
+            header::HeaderValue::from_static(
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            ),
+        );
+        res
+    }
+
+    /// `POST /v1/handles`: what `X-Upgate-Register` does, for a client key the upstream already knows.
+    async fn register(&self, req: Request<Incoming>) -> Result<Response<Body>> {
+        let r: RegisterRequest = read_json(req).await?;
+        let token = directives::token(&r.session)
+            .map_err(|why| Error::new(Kind::BadRequest, format!("session: {why}")))?;
+        let valid_client = r.client.len() == 22
+            && r.client
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if !valid_client {
+            return Err(Error::new(
+                Kind::BadRequest,
+                "client: not a client key (22 base64url characters, as in X-Upgate-Client)",
+            ));
+        }
+        let limits = r.limits()?;
+        let gw = self.gateway.clone();
+        let (handle, expires_at) = blocking(move || {
+            gw.registry
+                .register(&gw.store.db, &token, &r.client, limits, unix_now())
+        })
+        .await?;
+        Ok(body::json(
+            StatusCode::OK,
+            &json!({ "handle": handle, "expires_at": rfc3339(expires_at) }),
+        ))
+    }
+
+    /// `DELETE /v1/sessions/<token>`: handles ended, files removed.
+    async fn end_session(&self, token: &str) -> Result<Response<Body>> {
+        let gw = self.gateway.clone();
+        let token = token.to_string();
+        blocking(move || {
+            gw.registry.revoke(&gw.store.db, &token)?;
+            gw.registry.forget_session(&token);
+            let files = gw.store.db.remove_session(&token)?;
+            files.iter().for_each(|f| gw.store.remove_blob(&f.id));
+            Ok(())
+        })
+        .await?;
+        Ok(no_content())
+    }
+
+    async fn session_files(&self, token: &str) -> Result<Response<Body>> {
+        let gw = self.gateway.clone();
+        let token = token.to_string();
+        let files = blocking(move || gw.store.db.session_files(&token)).await?;
+        let described: Vec<_> = files
+            .iter()
+            .map(|f| upload::describe(&self.gateway, f))
+            .collect();
+        Ok(body::json(StatusCode::OK, &json!({ "files": described })))
+    }
+
+    async fn delete_file(&self, id: &str) -> Result<Response<Body>> {
+        let removed = upload::api::remove(&self.gateway, vec![id.to_string()]).await?;
+        if removed.is_empty() {
+            return Err(Error::new(Kind::NotFound, "no such file"));
+        }
+        Ok(no_content())
     }
 
     /// Ready when the upstream accepts a connection and the storage root takes a write.
@@ -93,4 +180,78 @@ async fn storage_writable(root: PathBuf) -> Result<(), String> {
     .await
     .map_err(|e| format!("storage {shown}: {e}"))?
     .map_err(|e| format!("storage {shown}: {e}"))
+}
+
+/// The body of `POST /v1/handles`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RegisterRequest {
+    session: String,
+    client: String,
+    accept: Option<Vec<String>>,
+    max_bytes: Option<Size>,
+    max_files: Option<u64>,
+}
+
+impl RegisterRequest {
+    fn limits(&self) -> Result<Limits> {
+        let bad = |why: String| Error::new(Kind::BadRequest, why);
+        let accept = match &self.accept {
+            Some(list) => Some(directives::accept(&list.join(",")).map_err(bad)?),
+            None => None,
+        };
+        let max_bytes = match &self.max_bytes {
+            Some(Size::Bytes(n)) => Some(*n),
+            Some(Size::Text(t)) => Some(parse_size(t).map_err(|e| bad(format!("max_bytes: {e}")))?),
+            None => None,
+        };
+        if max_bytes == Some(0) || self.max_files == Some(0) {
+            return Err(bad(
+                "max_bytes and max_files must be greater than zero".into()
+            ));
+        }
+        Ok(Limits {
+            accept,
+            max_bytes,
+            max_files: self.max_files,
+        })
+    }
+}
+
+/// Reads a small JSON body (at most 64 KiB).
+async fn read_json<T: serde::de::DeserializeOwned>(req: Request<Incoming>) -> Result<T> {
+    use http_body_util::BodyExt;
+    let bytes = http_body_util::Limited::new(req.into_body(), 64 * 1024)
+        .collect()
+        .await
+        .map_err(|e| Error::new(Kind::BadRequest, "body unreadable or over 64 KiB").with_source(e))?
+        .to_bytes();
+    serde_json::from_slice(&bytes)
+        .map_err(|e| Error::new(Kind::BadRequest, format!("invalid JSON: {e}")))
+}
+
+fn decode(segment: &str) -> Result<String> {
+    percent_encoding::percent_decode_str(segment)
+        .decode_utf8()
+        .map(|s| s.into_owned())
+        .map_err(|_| Error::new(Kind::BadRequest, "path segment is not UTF-8"))
+}
+
+fn no_content() -> Response<Body> {
+    let mut res = Response::new(body::empty());
+    *res.status_mut() = StatusCode::NO_CONTENT;
+    res
+}
+
+fn rfc3339(unix: u64) -> String {
+    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(unix)).to_string()
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> std::result::Result<T, crate::db::DbError> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::internal("a storage thread failed", e))?
+        .map_err(|e| Error::internal("the state database", e))
 }

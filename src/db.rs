@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use redb::{Database, Durability, ReadableTable, ReadableTableMetadata, TableDefinition};
+use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::{Deserialize, Serialize};
 
 /// handle -> [`HandleRecord`] (JSON)
@@ -22,6 +22,12 @@ const USED_SLOTS: TableDefinition<&str, u64> = TableDefinition::new("used_slots"
 #[derive(Debug, thiserror::Error)]
 #[error("state database: {0}")]
 pub struct DbError(String);
+
+impl From<String> for DbError {
+    fn from(s: String) -> Self {
+        DbError(s)
+    }
+}
 
 fn db_err(e: impl std::fmt::Display) -> DbError {
     DbError(e.to_string())
@@ -155,11 +161,9 @@ impl Db {
         tx.commit().map_err(db_err)
     }
 
-    /// Moves handles' expiry forward. Not fsynced on its own (the next durable commit carries it):
-    /// a crash may cost a refresh, never consistency.
+    /// Moves handles' expiry forward (and their sessions' `alive_until`), in one durable transaction.
     pub fn refresh_handles(&self, refreshed: &[(String, HandleRecord)]) -> Result<()> {
-        let mut tx = self.db.begin_write().map_err(db_err)?;
-        tx.set_durability(Durability::Eventual);
+        let tx = self.db.begin_write().map_err(db_err)?;
         {
             let mut handles = tx.open_table(HANDLES).map_err(db_err)?;
             let mut sessions = tx.open_table(SESSIONS).map_err(db_err)?;

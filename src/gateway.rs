@@ -9,14 +9,15 @@ use hyper::body::Incoming;
 
 use crate::access::Exchange;
 use crate::body::{self, Body, Counted};
-use crate::config::Config;
-use crate::error::{Error, Fault, Result};
+use crate::config::{Config, IdentitySource};
+use crate::error::{Error, Fault, Kind, Result};
+use crate::handles::Registry;
 use crate::identity;
-use crate::metrics::Metrics;
-use crate::proxy::{self, Upstream, headers};
+use crate::metrics::{Metrics, ReasonLabel};
+use crate::proxy::{self, Upstream, directives, headers};
 use crate::server::Activity;
 use crate::signing::Secret;
-use crate::upload::store::Store;
+use crate::upload::{self, SessionLocks, store::Store};
 
 /// Everything the request path shares: the validated config, the key, the upstream pool and the metrics.
 pub struct Gateway {
@@ -24,6 +25,8 @@ pub struct Gateway {
     pub secret: Secret,
     pub upstream: Upstream,
     pub store: Arc<Store>,
+    pub registry: Arc<Registry>,
+    pub session_locks: SessionLocks,
     pub metrics: Arc<Metrics>,
 }
 
@@ -51,13 +54,21 @@ pub struct Ctx {
 }
 
 impl Gateway {
-    pub fn new(config: Config, secret: Secret, store: Arc<Store>, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        config: Config,
+        secret: Secret,
+        store: Arc<Store>,
+        registry: Arc<Registry>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         let upstream = Upstream::new(&config.upstream);
         Self {
             config,
             secret,
             upstream,
             store,
+            registry,
+            session_locks: SessionLocks::default(),
             metrics,
         }
     }
@@ -80,8 +91,100 @@ impl Gateway {
 
     /// The phases, in order; the first that owns the request answers it.
     async fn dispatch(&self, req: Request<Body>, ctx: &mut Ctx) -> Result<Response<Body>> {
-        let res = proxy::forward(&self.upstream, &self.secret, req, ctx, None).await?;
+        let path = req.uri().path().to_string();
+        if let Some(rest) = under(&path, &self.config.uploads.route) {
+            return upload::api::route(self, req, ctx, rest).await;
+        }
+        self.proxy(req, ctx).await
+    }
+
+    /// The fallthrough: resolve the handle, forward, then act on the upstream's directives.
+    async fn proxy(&self, req: Request<Body>, ctx: &mut Ctx) -> Result<Response<Body>> {
+        let session = self.resolve_handle(req.headers(), ctx);
+        let mut res =
+            proxy::forward(&self.upstream, &self.secret, req, ctx, session.as_deref()).await?;
+        self.apply_directives(res.headers_mut(), ctx).await?;
         Ok(proxy::into_client_response(res))
+    }
+
+    /// The upstream session token of a valid `X-Upload-Handle` of this client.
+    fn resolve_handle(&self, headers: &http::HeaderMap, ctx: &Ctx) -> Option<String> {
+        let handle = headers.get(headers::X_UPLOAD_HANDLE)?.to_str().ok()?;
+        let client = ctx.client.as_deref()?;
+        let session = self
+            .registry
+            .resolve(handle.trim(), client, proxy::unix_now())?;
+        Some(session.token.to_string())
+    }
+
+    /// Consumes `X-Upgate-Revoke` and `X-Upgate-Register` (SPEC §3); a malformed one fails the request.
+    async fn apply_directives(&self, headers: &mut http::HeaderMap, ctx: &mut Ctx) -> Result<()> {
+        let parsed = directives::take(headers);
+        let found = parsed.map_err(|why| {
+            self.metrics
+                .upstream_errors
+                .get_or_create(&ReasonLabel {
+                    reason: "bad_directive",
+                })
+                .inc();
+            Error::new(Kind::BadUpstreamDirective, why)
+        })?;
+        for token in found.revoke {
+            let (registry, store) = (self.registry.clone(), self.store.clone());
+            blocking(move || registry.revoke(&store.db, &token)).await?;
+        }
+        let Some(register) = found.register else {
+            return Ok(());
+        };
+        let Some(client) = self.registration_client(headers, ctx)? else {
+            self.metrics.registrations_without_identity.inc();
+            tracing::warn!(id = %ctx.id, "registration for a request without identity: no handle issued");
+            return Ok(());
+        };
+        let (registry, store) = (self.registry.clone(), self.store.clone());
+        let (handle, _) = blocking(move || {
+            registry.register(
+                &store.db,
+                &register.token,
+                &client,
+                register.limits,
+                proxy::unix_now(),
+            )
+        })
+        .await?;
+        if let Ok(v) = HeaderValue::from_str(&handle) {
+            headers.insert(headers::X_UPLOAD_HANDLE, v);
+        }
+        Ok(())
+    }
+
+    /// Whom a registration binds to: the identity cookie this response sets, else the request's
+    /// identity, else a cookie issued now (when configured).
+    fn registration_client(
+        &self,
+        res_headers: &http::HeaderMap,
+        ctx: &mut Ctx,
+    ) -> Result<Option<String>> {
+        let ident = &self.config.identity;
+        if let IdentitySource::Cookie(name) = &ident.source
+            && let Some(v) = identity::set_cookie(res_headers, name)
+            && (!ident.issue_cookie || self.secret.verify_cookie_value(v))
+        {
+            return Ok(Some(self.secret.client_key(v)));
+        }
+        if let Some(client) = &ctx.client {
+            return Ok(Some(client.clone()));
+        }
+        if !ident.issue_cookie {
+            return Ok(None);
+        }
+        let value = self
+            .secret
+            .new_cookie_value()
+            .map_err(|_| Error::new(Kind::Internal, "no system randomness"))?;
+        let key = self.secret.client_key(&value);
+        ctx.issued_cookie = Some(value);
+        Ok(Some(key))
     }
 
     fn context(&self, req: &Request<Incoming>, conn: &Conn) -> Ctx {
@@ -136,6 +239,22 @@ impl Gateway {
         ));
         Response::from_parts(parts, body)
     }
+}
+
+/// The rest of `path` when it is `route` itself or below it (`/uploads` owns `/uploads/x`, not `/uploadsx`).
+fn under<'a>(path: &'a str, route: &str) -> Option<&'a str> {
+    let rest = path.strip_prefix(route)?;
+    (rest.is_empty() || rest.starts_with('/')).then_some(rest)
+}
+
+/// Runs state-database work off the async workers.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> std::result::Result<T, crate::db::DbError> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::internal("a storage thread failed", e))?
+        .map_err(|e| Error::internal("the state database", e))
 }
 
 fn log_error(ctx: &Ctx, e: &Error) {

@@ -14,6 +14,7 @@ pub mod db;
 pub mod error;
 pub mod files;
 pub mod gateway;
+pub mod handles;
 pub mod identity;
 pub mod metrics;
 pub mod proxy;

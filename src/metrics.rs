@@ -27,6 +27,7 @@ pub struct Metrics {
     pub bytes_in: Counter,
     pub bytes_out: Counter,
     pub upstream_errors: Family<ReasonLabel, Counter>,
+    pub registrations_without_identity: Counter,
 }
 
 impl Metrics {
@@ -69,8 +70,15 @@ impl Metrics {
             "Upstream failures, by reason (unreachable, timeout, bad_directive)",
             upstream_errors.clone(),
         );
+        let registrations_without_identity = Counter::default();
+        registry.register(
+            "registrations_without_identity",
+            "X-Upgate-Register directives for requests with no identity (no handle issued)",
+            registrations_without_identity.clone(),
+        );
         Self {
             registry,
+            registrations_without_identity,
             requests,
             in_flight,
             upstream_latency,

@@ -3,4 +3,5 @@
 mod lifecycle;
 mod proxy;
 mod tls;
+mod uploads;
 mod util;

@@ -37,11 +37,15 @@ pub struct Pattern {
 
 impl Pattern {
     pub fn new(len: u64, exact: bool) -> Self {
-        let chunk: Vec<u8> = (0..64 * 1024).map(|i| (i % 251) as u8).collect();
+        Self::of(binary_chunk(), len, exact)
+    }
+
+    /// Repeats `chunk` up to `len` bytes.
+    pub fn of(chunk: Bytes, len: u64, exact: bool) -> Self {
         Self {
             remaining: len,
             exact,
-            chunk: chunk.into(),
+            chunk,
         }
     }
 }
@@ -97,9 +101,35 @@ where
     (len, hex::encode(ctx.finish()))
 }
 
+/// 64 KiB of every byte value: binary content.
+pub fn binary_chunk() -> Bytes {
+    (0..64 * 1024)
+        .map(|i| (i % 251) as u8)
+        .collect::<Vec<u8>>()
+        .into()
+}
+
+/// 64 KiB of lines of lowercase letters: text content.
+pub fn text_chunk() -> Bytes {
+    (0..64 * 1024)
+        .map(|i| {
+            if i % 64 == 63 {
+                b'\n'
+            } else {
+                b'a' + (i % 26) as u8
+            }
+        })
+        .collect::<Vec<u8>>()
+        .into()
+}
+
 pub fn pattern_digest(len: u64) -> String {
+    digest_of(&binary_chunk(), len)
+}
+
+/// SHA-256 of `chunk` repeated up to `len` bytes.
+pub fn digest_of(chunk: &[u8], len: u64) -> String {
     let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
-    let chunk: Vec<u8> = (0..64 * 1024).map(|i| (i % 251) as u8).collect();
     let mut left = len;
     while left > 0 {
         let n = left.min(chunk.len() as u64) as usize;
@@ -182,6 +212,17 @@ async fn upstream_route(
     if path == "/ws" {
         return Ok(websocket_echo(req));
     }
+    // `h-<name>=<value>` query parameters become response headers: how tests make the upstream send directives.
+    let directives: Vec<(String, String)> = req
+        .uri()
+        .query()
+        .map(|q| {
+            url_pairs(q)
+                .into_iter()
+                .filter_map(|(k, v)| Some((k.strip_prefix("h-")?.to_string(), v)))
+                .collect()
+        })
+        .unwrap_or_default();
     let method = req.method().to_string();
     let uri = req.uri().to_string();
     let mut headers: BTreeMap<String, Vec<String>> = BTreeMap::new();
@@ -198,6 +239,10 @@ async fn upstream_route(
     let mut res = Response::new(upgate::body::full(json.to_string()));
     res.headers_mut()
         .insert("content-type", "application/json".parse().expect("value"));
+    for (k, v) in directives {
+        let name = http::HeaderName::from_bytes(k.as_bytes()).expect("name");
+        res.headers_mut().append(name, v.parse().expect("value"));
+    }
     Ok(res)
 }
 
@@ -284,7 +329,8 @@ pub fn write_secret(dir: &Path) {
 pub struct TestGateway {
     pub addr: SocketAddr,
     pub control: SocketAddr,
-    _dir: tempfile::TempDir,
+    pub dir: tempfile::TempDir,
+    extra: String,
     running: Option<upgate::server::Running>,
 }
 
@@ -314,9 +360,51 @@ impl TestGateway {
                 .or(running.https.first().copied())
                 .expect("a listener"),
             control: running.control.expect("tcp control"),
-            _dir: dir,
+            dir,
+            extra: String::new(),
             running: Some(running),
         }
+    }
+
+    /// Stops this gateway, waits for it to drain, and starts a new one on the same storage and secret.
+    pub async fn restart(mut self, upstream: &str) -> Self {
+        let running = self.running.take().expect("running");
+        assert!(
+            within(30, running.drain(Duration::from_secs(20))).await,
+            "drained"
+        );
+        let dir = tempfile::TempDir::new().expect("placeholder");
+        let old = std::mem::replace(&mut self.dir, dir);
+        Self::start_in(old, upstream, self.extra.clone()).await
+    }
+
+    async fn start_in(dir: tempfile::TempDir, upstream: &str, extra: String) -> Self {
+        let text = config_text(dir.path(), upstream, &extra);
+        let config = upgate::config::Config::from_file(
+            upgate::config::parse_file(&text).expect("parse"),
+            dir.path(),
+        )
+        .expect("valid config");
+        let running = within(10, upgate::cli::start(config))
+            .await
+            .expect("gateway starts");
+        Self {
+            addr: running
+                .http
+                .first()
+                .copied()
+                .or(running.https.first().copied())
+                .expect("a listener"),
+            control: running.control.expect("tcp control"),
+            dir,
+            extra,
+            running: Some(running),
+        }
+    }
+
+    /// The storage root.
+    pub fn storage(&self) -> PathBuf {
+        self.dir.path().join("data")
     }
 
     pub fn running(&self) -> &upgate::server::Running {
@@ -481,4 +569,25 @@ pub fn write_config(dir: &Path, text: &str) -> PathBuf {
     let path = dir.join("upgate.toml");
     std::fs::write(&path, text).expect("config");
     path
+}
+
+/// Decodes `a=1&b=%20x` pairs (form encoding, `+` as space).
+pub fn url_pairs(query: &str) -> Vec<(String, String)> {
+    query
+        .split('&')
+        .filter_map(|p| p.split_once('='))
+        .map(|(k, v)| {
+            let dec = |s: &str| {
+                percent_encoding::percent_decode_str(&s.replace('+', " "))
+                    .decode_utf8_lossy()
+                    .into_owned()
+            };
+            (dec(k), dec(v))
+        })
+        .collect()
+}
+
+/// Form-encodes one value for a query string.
+pub fn enc(v: &str) -> String {
+    percent_encoding::utf8_percent_encode(v, percent_encoding::NON_ALPHANUMERIC).to_string()
 }

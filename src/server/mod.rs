@@ -134,6 +134,7 @@ pub struct Running {
     pub control: Option<SocketAddr>,
     pub gateway: Arc<Gateway>,
     shutdown: watch::Sender<bool>,
+    alive: mpsc::Sender<()>,
     drained: mpsc::Receiver<()>,
 }
 
@@ -145,11 +146,30 @@ impl Running {
 
     /// Stops accepting, asks every connection to finish its request and close, and waits up to `grace`.
     /// Returns false when connections were still open at the deadline.
-    pub async fn drain(mut self, grace: Duration) -> bool {
-        let _ = self.shutdown.send(true);
-        tokio::time::timeout(grace, self.drained.recv())
-            .await
-            .is_ok()
+    pub async fn drain(self, grace: Duration) -> bool {
+        let Running {
+            shutdown,
+            alive,
+            mut drained,
+            ..
+        } = self;
+        let _ = shutdown.send(true);
+        drop(alive);
+        tokio::time::timeout(grace, drained.recv()).await.is_ok()
+    }
+
+    /// Runs a background task until shutdown; the drain waits for it to return.
+    pub fn spawn_background<F, Fut>(&self, task: F)
+    where
+        F: FnOnce(watch::Receiver<bool>) -> Fut,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let alive = self.alive.clone();
+        let fut = task(self.shutdown.subscribe());
+        tokio::spawn(async move {
+            fut.await;
+            drop(alive);
+        });
     }
 }
 
@@ -180,7 +200,7 @@ pub fn start(
     let shared = Shared {
         builder: Arc::new(builder(config.server.header_timeout)),
         shutdown,
-        alive,
+        alive: alive.clone(),
         idle_timeout: config.server.idle_timeout,
         header_timeout: config.server.header_timeout,
     };
@@ -232,6 +252,7 @@ pub fn start(
         control: control_addr,
         gateway,
         shutdown: shutdown_tx,
+        alive,
         drained,
     })
 }
@@ -386,6 +407,6 @@ where
 }
 
 /// Resolves once shutdown is asked for (or the server is gone).
-async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+pub async fn stopped(shutdown: &mut watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|stop| *stop).await;
 }
