@@ -13,6 +13,7 @@ use crate::config::{Config, IdentitySource};
 use crate::error::{Error, Fault, Kind, Result};
 use crate::handles::Registry;
 use crate::identity;
+use crate::intercept;
 use crate::metrics::{Metrics, ReasonLabel};
 use crate::proxy::{self, Upstream, directives, headers};
 use crate::server::Activity;
@@ -95,14 +96,35 @@ impl Gateway {
         if let Some(rest) = under(&path, &self.config.uploads.route) {
             return upload::api::route(self, req, ctx, rest).await;
         }
-        self.proxy(req, ctx).await
+        if path == self.config.slots.route {
+            return intercept::slot(self, req, ctx).await;
+        }
+        if let Some(route) = intercept::find(&self.config.intercepts, &path)
+            && intercept::is_multipart(&req)
+        {
+            return intercept::intercepted(self, req, ctx, route).await;
+        }
+        self.proxy_with(req, ctx, |_| {}).await
     }
 
-    /// The fallthrough: resolve the handle, forward, then act on the upstream's directives.
-    async fn proxy(&self, req: Request<Body>, ctx: &mut Ctx) -> Result<Response<Body>> {
+    /// The fallthrough: resolve the handle, forward (`extra` adds headers of upgate's own after the
+    /// hygiene), then act on the upstream's directives.
+    pub async fn proxy_with(
+        &self,
+        req: Request<Body>,
+        ctx: &mut Ctx,
+        extra: impl FnOnce(&mut http::HeaderMap),
+    ) -> Result<Response<Body>> {
         let session = self.resolve_handle(req.headers(), ctx);
-        let mut res =
-            proxy::forward(&self.upstream, &self.secret, req, ctx, session.as_deref()).await?;
+        let mut res = proxy::forward(
+            &self.upstream,
+            &self.secret,
+            req,
+            ctx,
+            session.as_deref(),
+            extra,
+        )
+        .await?;
         self.apply_directives(res.headers_mut(), ctx).await?;
         Ok(proxy::into_client_response(res))
     }

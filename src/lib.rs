@@ -16,6 +16,7 @@ pub mod files;
 pub mod gateway;
 pub mod handles;
 pub mod identity;
+pub mod intercept;
 pub mod metrics;
 pub mod proxy;
 pub mod server;

@@ -123,6 +123,24 @@ pub fn text_chunk() -> Bytes {
         .into()
 }
 
+/// Like [`digest_body`], also keeping the first 64 KiB.
+async fn digest_head(body: Incoming) -> (u64, String, Vec<u8>) {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    let mut len = 0u64;
+    let mut head = Vec::new();
+    let mut body = std::pin::pin!(body);
+    while let Some(Ok(frame)) = body.frame().await {
+        if let Ok(data) = frame.into_data() {
+            len += data.len() as u64;
+            ctx.update(&data);
+            if head.len() < 64 * 1024 {
+                head.extend_from_slice(&data[..data.len().min(64 * 1024 - head.len())]);
+            }
+        }
+    }
+    (len, hex::encode(ctx.finish()), head)
+}
+
 pub fn pattern_digest(len: u64) -> String {
     digest_of(&binary_chunk(), len)
 }
@@ -147,6 +165,8 @@ pub struct Echo {
     pub headers: BTreeMap<String, Vec<String>>,
     pub body_len: u64,
     pub body_sha256: String,
+    /// The body itself, when it is at most 64 KiB.
+    pub body: Option<String>,
 }
 
 impl Echo {
@@ -162,6 +182,8 @@ impl Echo {
 /// `/ws` is a WebSocket echo, anything else echoes the request as JSON.
 pub struct TestUpstream {
     pub addr: SocketAddr,
+    /// Requests received so far.
+    hits: Arc<std::sync::atomic::AtomicU64>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -177,13 +199,19 @@ impl TestUpstream {
             .await
             .expect("bind upstream");
         let addr = listener.local_addr().expect("addr");
+        let hits = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counter = hits.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
+                let counter = counter.clone();
                 tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(upstream_route);
+                    let svc = hyper::service::service_fn(move |req| {
+                        counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        upstream_route(req)
+                    });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), svc)
                         .with_upgrades()
@@ -191,7 +219,11 @@ impl TestUpstream {
                 });
             }
         });
-        Self { addr, task }
+        Self { addr, hits, task }
+    }
+
+    pub fn hits(&self) -> u64 {
+        self.hits.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     pub fn url(&self) -> String {
@@ -232,11 +264,21 @@ async fn upstream_route(
             .or_default()
             .push(String::from_utf8_lossy(v.as_bytes()).into_owned());
     }
-    let (body_len, body_sha256) = digest_body(req.into_body()).await;
+    // `status=<code>` sets the answer's status.
+    let status = req
+        .uri()
+        .query()
+        .and_then(|q| url_pairs(q).into_iter().find(|(k, _)| k == "status"))
+        .and_then(|(_, v)| v.parse::<u16>().ok())
+        .and_then(|c| StatusCode::from_u16(c).ok())
+        .unwrap_or(StatusCode::OK);
+    let (body_len, body_sha256, head) = digest_head(req.into_body()).await;
     let json = serde_json::json!({
         "method": method, "uri": uri, "headers": headers, "body_len": body_len, "body_sha256": body_sha256,
+        "body": (body_len <= 64 * 1024).then(|| String::from_utf8_lossy(&head).into_owned()),
     });
     let mut res = Response::new(upgate::body::full(json.to_string()));
+    *res.status_mut() = status;
     res.headers_mut()
         .insert("content-type", "application/json".parse().expect("value"));
     for (k, v) in directives {

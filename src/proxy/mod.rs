@@ -140,11 +140,13 @@ pub async fn forward(
     mut req: Request<Body>,
     ctx: &Ctx,
     session: Option<&str>,
+    extra: impl FnOnce(&mut http::HeaderMap),
 ) -> Result<Response<Incoming>> {
     let upgrade =
         headers::upgrade_protocol(req.headers()).map(|p| (p, hyper::upgrade::on(&mut req)));
     let (mut parts, body) = req.into_parts();
     prepare_headers(&mut parts, ctx, secret, session);
+    extra(&mut parts.headers);
     parts.uri = upstream.uri(parts.uri.path_and_query())?;
     parts.version = Version::HTTP_11;
     let client_upgrade = upgrade.map(|(protocol, on_client)| {

@@ -1,0 +1,324 @@
+//! Store-and-forward (SPEC §6): intercepted upload routes and signed single-use upload slots.
+//! The files are stored exactly as the upload API stores them; the application receives their description.
+
+use std::collections::HashMap;
+
+use bytes::Bytes;
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use http::{HeaderValue, Method, Request, Response, Uri};
+
+use crate::body::{self, Body};
+use crate::config::{Intercept, Rewrite};
+use crate::db::{FileRecord, Owner};
+use crate::error::{Error, Kind, Result};
+use crate::gateway::{Ctx, Gateway};
+use crate::proxy::unix_now;
+use crate::upload;
+use crate::upload::ingest::{self, Policy};
+
+pub const X_UPGATE_SLOT: http::HeaderName = http::HeaderName::from_static("x-upgate-slot");
+
+/// The intercept that owns a path, if any.
+pub fn find<'a>(intercepts: &'a [Intercept], path: &str) -> Option<&'a Intercept> {
+    intercepts.iter().find(|i| {
+        if i.prefix {
+            path.starts_with(&i.path)
+        } else {
+            path == i.path
+        }
+    })
+}
+
+/// Whether a request carries a multipart form: only those are intercepted, the rest goes upstream untouched.
+pub fn is_multipart(req: &Request<Body>) -> bool {
+    req.headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| {
+            ct.trim_start()
+                .to_ascii_lowercase()
+                .starts_with("multipart/form-data")
+        })
+}
+
+/// Where the stored files' description goes, and how.
+struct Target {
+    method: Method,
+    uri: Uri,
+    rewrite: Rewrite,
+    slot: Option<String>,
+}
+
+/// An intercepted route: store the files, then forward the request with their description.
+pub async fn intercepted(
+    gw: &Gateway,
+    req: Request<Body>,
+    ctx: &mut Ctx,
+    route: &Intercept,
+) -> Result<Response<Body>> {
+    ctx.upload_api = true;
+    let cfg = &gw.config.uploads;
+    let policy = policy(
+        route.accept.as_ref().unwrap_or(&cfg.accept),
+        route.max_file_bytes.unwrap_or(cfg.max_file_bytes),
+        cfg.max_session_files,
+    );
+    let target = Target {
+        method: req.method().clone(),
+        uri: req.uri().clone(),
+        rewrite: route.rewrite,
+        slot: None,
+    };
+    store_and_forward(gw, req, ctx, &policy, target).await
+}
+
+/// A slot: `POST <slots.route>?cb=..&expires=..[&accept=..][&max-bytes=..]&sig=..`, good once.
+pub async fn slot(gw: &Gateway, req: Request<Body>, ctx: &mut Ctx) -> Result<Response<Body>> {
+    ctx.upload_api = true;
+    if req.method() != Method::POST {
+        return Err(Error::new(Kind::MethodNotAllowed, "a slot takes POST only"));
+    }
+    let now = unix_now();
+    let signed = gw
+        .secret
+        .verify_url(
+            "POST",
+            req.uri().path(),
+            req.uri().query(),
+            now,
+            gw.config.files.max_url_ttl.as_secs(),
+        )
+        .map_err(|e| Error::new(url_error_kind(e), format!("slot URL: {}", e.code())))?;
+    let cb = callback(signed.get("cb").unwrap_or(""))?;
+    let cfg = &gw.config.uploads;
+    let accept = match signed.get("accept") {
+        Some(list) => crate::proxy::directives::accept(list)
+            .map_err(|why| Error::new(Kind::BadRequest, why))?,
+        None => cfg.accept.clone(),
+    };
+    let max_bytes = match signed.get("max-bytes") {
+        Some(s) => crate::config::parse_size(s)
+            .map_err(|why| Error::new(Kind::BadRequest, format!("max-bytes: {why}")))?,
+        None => cfg.max_file_bytes,
+    };
+    let policy = policy(&accept, max_bytes, cfg.max_session_files);
+    let sig = signed.sig().to_string();
+    let (store, key, expires) = (gw.store.clone(), sig.clone(), signed.expires);
+    let fresh = tokio::task::spawn_blocking(move || store.db.use_slot(&key, expires))
+        .await
+        .map_err(|e| Error::internal("a storage thread failed", e))?
+        .map_err(|e| Error::internal("the state database", e))?;
+    if !fresh {
+        return Err(Error::new(Kind::SlotUsed, "this upload slot has been used"));
+    }
+    let target = Target {
+        method: Method::POST,
+        uri: cb,
+        rewrite: gw.config.slots.rewrite,
+        slot: Some(sig),
+    };
+    store_and_forward(gw, req, ctx, &policy, target).await
+}
+
+pub fn url_error_kind(e: crate::signing::UrlError) -> Kind {
+    match e {
+        crate::signing::UrlError::BadSignature => Kind::BadSignature,
+        crate::signing::UrlError::Expired => Kind::Expired,
+        crate::signing::UrlError::TtlTooLong => Kind::TtlTooLong,
+    }
+}
+
+/// A callback must be a path on the upstream: no scheme, no host, nothing that could send upgate elsewhere.
+fn callback(cb: &str) -> Result<Uri> {
+    let bad = |why: &str| Error::new(Kind::BadRequest, format!("slot callback {cb:?}: {why}"));
+    if !cb.starts_with('/') || cb.starts_with("//") {
+        return Err(bad("must be a path starting with a single /"));
+    }
+    if cb.contains(['\\', '#']) || cb.chars().any(char::is_control) {
+        return Err(bad("has a character a path may not have"));
+    }
+    let uri: Uri = cb.parse().map_err(|_| bad("is not a valid path"))?;
+    if uri.scheme().is_some() || uri.authority().is_some() {
+        return Err(bad("names a host"));
+    }
+    Ok(uri)
+}
+
+fn policy(accept: &[String], max_file_bytes: u64, max_files: u64) -> Policy {
+    Policy {
+        accept: upload::formats(accept),
+        max_file_bytes,
+        max_total_bytes: u64::MAX,
+        max_files,
+        existing: HashMap::new(),
+    }
+}
+
+async fn store_and_forward(
+    gw: &Gateway,
+    req: Request<Body>,
+    ctx: &mut Ctx,
+    policy: &Policy,
+    target: Target,
+) -> Result<Response<Body>> {
+    let (mut parts, body) = req.into_parts();
+    let ingested = ingest::ingest(&gw.store, &parts.headers, body, policy).await?;
+    let fields = ingested.fields.clone();
+    let field_of: Vec<String> = ingested.parts.iter().map(|p| p.field.clone()).collect();
+    let owner = Owner::Intercept {
+        expires_at: unix_now() + gw.config.uploads.intercept_retention.as_secs(),
+    };
+    let store = gw.store.clone();
+    let records =
+        tokio::task::spawn_blocking(move || upload::commit(&store, &owner, ingested, None))
+            .await
+            .map_err(|e| Error::internal("the commit thread failed", e))??;
+    let (content_type, description) = describe(gw, target.rewrite, &fields, &field_of, &records);
+    parts.method = target.method;
+    parts.uri = target.uri;
+    parts
+        .headers
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    parts
+        .headers
+        .insert(CONTENT_LENGTH, HeaderValue::from(description.len()));
+    parts.headers.remove(http::header::TRANSFER_ENCODING);
+    let req = Request::from_parts(parts, body::full(description));
+    let slot = target.slot;
+    let res = gw.proxy_with(req, ctx, |headers| {
+        if let Some(v) = slot.as_deref().and_then(|s| HeaderValue::from_str(s).ok()) {
+            headers.insert(X_UPGATE_SLOT, v);
+        }
+    });
+    let outcome = res.await;
+    let keep = matches!(&outcome, Ok(r) if r.status().is_success());
+    if !keep {
+        let ids = records.iter().map(|r| r.id.clone()).collect();
+        if let Err(e) = upload::api::remove(gw, ids).await {
+            tracing::error!(id = %ctx.id, error = %e, "cannot remove the files of a refused forward");
+        }
+    }
+    outcome
+}
+
+/// The small body the application receives in place of the files.
+fn describe(
+    gw: &Gateway,
+    rewrite: Rewrite,
+    fields: &[(String, String)],
+    field_of: &[String],
+    records: &[FileRecord],
+) -> (&'static str, Bytes) {
+    let files: Vec<(String, Vec<(&'static str, String)>)> = records
+        .iter()
+        .zip(field_of)
+        .map(|(f, field)| {
+            let described = upload::describe(gw, f);
+            let text = |k: &str| {
+                described[k]
+                    .as_str()
+                    .map(str::to_string)
+                    .unwrap_or_else(|| described[k].to_string())
+            };
+            let path = gw.store.blob_path(&f.id).display().to_string();
+            let props = vec![
+                ("name", f.name.clone()),
+                ("id", f.id.clone()),
+                ("size", f.size.to_string()),
+                ("content_type", f.content_type.clone()),
+                ("sha256", f.sha256.clone()),
+                ("path", path),
+                ("url", text("url")),
+            ];
+            (field.clone(), props)
+        })
+        .collect();
+    match rewrite {
+        Rewrite::Form => {
+            let mut form = form_urlencoded::Serializer::new(String::new());
+            for (k, v) in fields {
+                form.append_pair(k, v);
+            }
+            for (field, props) in &files {
+                for (k, v) in props {
+                    form.append_pair(&format!("{field}.{k}"), v);
+                }
+            }
+            (
+                "application/x-www-form-urlencoded",
+                Bytes::from(form.finish()),
+            )
+        }
+        Rewrite::Json => {
+            let mut map = serde_json::Map::new();
+            for (k, v) in fields {
+                let value = serde_json::Value::String(v.clone());
+                match map.get_mut(k) {
+                    Some(serde_json::Value::Array(list)) => list.push(value),
+                    Some(first) => *first = serde_json::Value::Array(vec![first.clone(), value]),
+                    None => {
+                        map.insert(k.clone(), value);
+                    }
+                }
+            }
+            let files: Vec<serde_json::Value> = files
+                .iter()
+                .zip(records)
+                .map(|((field, props), f)| {
+                    let mut o = serde_json::Map::new();
+                    o.insert("field".into(), field.clone().into());
+                    for (k, v) in props {
+                        o.insert((*k).into(), v.clone().into());
+                    }
+                    o.insert("size".into(), f.size.into());
+                    o.into()
+                })
+                .collect();
+            let body = serde_json::json!({ "fields": map, "files": files });
+            ("application/json", Bytes::from(body.to_string()))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn callbacks_must_be_upstream_paths() {
+        assert_eq!(callback("/docs/new?a=1").expect("path").path(), "/docs/new");
+        for bad in [
+            "",
+            "docs",
+            "//evil.test/x",
+            "http://evil.test/x",
+            "/a\\b",
+            "/a\nb",
+            "/a#frag",
+            "https:x",
+        ] {
+            assert!(callback(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn intercept_matching() {
+        let exact = Intercept {
+            path: "/avatar".into(),
+            prefix: false,
+            accept: None,
+            max_file_bytes: None,
+            rewrite: Rewrite::Form,
+        };
+        let prefix = Intercept {
+            path: "/docs/".into(),
+            prefix: true,
+            ..exact.clone()
+        };
+        let list = [exact, prefix];
+        assert!(find(&list, "/avatar").is_some());
+        assert!(find(&list, "/avatar/x").is_none());
+        assert!(find(&list, "/docs/a/b").is_some());
+        assert!(find(&list, "/docs").is_none());
+    }
+}
