@@ -36,6 +36,12 @@ pub struct Cli {
 pub enum Command {
     /// Run the gateway (the default).
     Run,
+    /// Run the gateway in front of a built-in demo application; data in ./upgate-demo.
+    Demo {
+        /// Where the demo listens.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
+    },
     /// Validate the config, print the effective config, exit 0 or 1.
     Check,
     /// Print a new random secret (base64url, 32 bytes).
@@ -49,6 +55,11 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             init_logging();
             let config = Config::load(&cli.config)?;
             runtime()?.block_on(serve(config))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo { listen } => {
+            init_logging();
+            runtime()?.block_on(crate::demo::run(listen))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Check => check(&cli.config),
@@ -162,7 +173,7 @@ async fn upkeep(gateway: Arc<Gateway>, mut shutdown: tokio::sync::watch::Receive
     }
 }
 
-async fn shutdown_signal() -> anyhow::Result<()> {
+pub async fn shutdown_signal() -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
