@@ -10,10 +10,11 @@ use hyper::body::Incoming;
 use crate::access::Exchange;
 use crate::body::{self, Body, Counted};
 use crate::config::Config;
-use crate::error::{Error, Fault, Result};
+use crate::error::{Error, Fault, Kind, Result};
+use crate::files::{self, paths};
 use crate::identity;
 use crate::metrics::Metrics;
-use crate::proxy::{self, Upstream, headers};
+use crate::proxy::{self, Upstream, directives, headers};
 use crate::server::Activity;
 use crate::signing::Secret;
 use crate::upload::store::Store;
@@ -25,6 +26,13 @@ pub struct Gateway {
     pub upstream: Upstream,
     pub store: Arc<Store>,
     pub metrics: Arc<Metrics>,
+}
+
+/// The phase a request belongs to, with the path after its route.
+enum Route<'a> {
+    Files(&'a str),
+    Media(&'a str),
+    Upstream,
 }
 
 /// The connection a request came on.
@@ -80,8 +88,39 @@ impl Gateway {
 
     /// The phases, in order; the first that owns the request answers it.
     async fn dispatch(&self, req: Request<Body>, ctx: &mut Ctx) -> Result<Response<Body>> {
-        let res = proxy::forward(&self.upstream, &self.secret, req, ctx, None).await?;
-        Ok(proxy::into_client_response(res))
+        match self.route(req.uri().path()) {
+            Route::Files(rest) => files::routes::files_route(self, &req, rest).await,
+            Route::Media(rest) => files::routes::media_route(self, &req, rest).await,
+            Route::Upstream => self.upstream(req, ctx).await,
+        }
+    }
+
+    /// Which phase owns a path; a route owns itself and what is below it (`/files/...`, not `/filesystem`).
+    fn route<'a>(&self, path: &'a str) -> Route<'a> {
+        let files = &self.config.files;
+        if let Some(rest) = paths::route_rest(path, &files.route) {
+            return Route::Files(rest);
+        }
+        if files.media_root.is_some()
+            && let Some(rest) = paths::route_rest(path, &files.media_route)
+        {
+            return Route::Media(rest);
+        }
+        Route::Upstream
+    }
+
+    /// The fallthrough: forward upstream; a file named by `X-Accel-Redirect` replaces the answer's body.
+    async fn upstream(&self, req: Request<Body>, ctx: &Ctx) -> Result<Response<Body>> {
+        let method = req.method().clone();
+        let conditional = files::conditional_headers(req.headers());
+        let mut res = proxy::forward(&self.upstream, &self.secret, req, ctx, None).await?;
+        let files = &self.config.files;
+        let accel = directives::take_accel(res.headers_mut(), &files.route, &files.media_route)
+            .map_err(|e| Error::new(Kind::BadUpstreamDirective, e))?;
+        match accel {
+            Some(target) => files::routes::accel(self, &method, &conditional, res, target).await,
+            None => Ok(proxy::into_client_response(res)),
+        }
     }
 
     fn context(&self, req: &Request<Incoming>, conn: &Conn) -> Ctx {

@@ -129,7 +129,8 @@ impl Echo {
 }
 
 /// A real HTTP/1.1 upstream: `/sleep/<ms>` delays its headers, `/stream/<n>` sends n bytes,
-/// `/ws` is a WebSocket echo, anything else echoes the request as JSON.
+/// `/ws` is a WebSocket echo, `/accel?...` answers with an `X-Accel-Redirect` (see
+/// [`accel_reply`]), anything else echoes the request as JSON.
 pub struct TestUpstream {
     pub addr: SocketAddr,
     task: tokio::task::JoinHandle<()>,
@@ -182,6 +183,9 @@ async fn upstream_route(
     if path == "/ws" {
         return Ok(websocket_echo(req));
     }
+    if path == "/accel" {
+        return Ok(accel_reply(req.uri().query().unwrap_or("")));
+    }
     let method = req.method().to_string();
     let uri = req.uri().to_string();
     let mut headers: BTreeMap<String, Vec<String>> = BTreeMap::new();
@@ -199,6 +203,45 @@ async fn upstream_route(
     res.headers_mut()
         .insert("content-type", "application/json".parse().expect("value"));
     Ok(res)
+}
+
+/// The body of every `/accel` answer: a gateway that honours the directive never forwards it.
+pub const ACCEL_DECOY: &str = "the upstream's own body, which must never reach the client";
+
+/// `/accel?to=T[&status=S][&header=NAME][&ct=..][&cd=..][&cc=..]` (values percent-encoded):
+/// status S (default 200), `NAME: T` (default `X-Accel-Redirect`), and Content-Type,
+/// Content-Disposition and Cache-Control when given; the body is [`ACCEL_DECOY`].
+fn accel_reply(query: &str) -> Response<Body> {
+    let params: BTreeMap<&str, String> = query
+        .split('&')
+        .filter_map(|p| p.split_once('='))
+        .map(|(k, v)| {
+            let v = percent_encoding::percent_decode_str(v).decode_utf8_lossy();
+            (k, v.into_owned())
+        })
+        .collect();
+    let mut res = Response::new(upgate::body::full(ACCEL_DECOY));
+    *res.status_mut() = params
+        .get("status")
+        .and_then(|s| StatusCode::from_bytes(s.as_bytes()).ok())
+        .unwrap_or(StatusCode::OK);
+    let directive = params
+        .get("header")
+        .map_or("x-accel-redirect", String::as_str);
+    for (name, key) in [
+        (directive, "to"),
+        ("content-type", "ct"),
+        ("content-disposition", "cd"),
+        ("cache-control", "cc"),
+    ] {
+        if let Some(v) = params.get(key) {
+            res.headers_mut().insert(
+                http::HeaderName::from_bytes(name.as_bytes()).expect("name"),
+                http::HeaderValue::from_str(v).expect("value"),
+            );
+        }
+    }
+    res
 }
 
 fn websocket_echo(mut req: Request<Incoming>) -> Response<Body> {

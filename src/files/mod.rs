@@ -5,6 +5,7 @@
 
 pub mod paths;
 pub mod range;
+pub mod routes;
 
 use std::io::{self, SeekFrom};
 use std::path::Path;

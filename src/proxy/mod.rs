@@ -1,5 +1,6 @@
 //! Forwarding to the upstream application: the pooled client, header hygiene and upgrades (SPEC §3).
 
+pub mod directives;
 pub mod headers;
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
