@@ -1,4 +1,5 @@
-//! Signed URLs (every refusal of SPEC §7), `/files` and `/media` serving, X-Accel-Redirect.
+//! Signed URLs (every refusal of SPEC §7), `/files` and `/media` serving, X-Accel-Redirect,
+//! `upgate sign` and `POST /v1/sign`.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -653,4 +654,99 @@ async fn accel_to_a_bad_target_is_502() {
     let (res, body) = get(&accel(&gw, "/media/invoices/none.pdf", &[])).await;
     assert_eq!(res.status, StatusCode::NOT_FOUND);
     assert!(!String::from_utf8_lossy(&body).contains(ACCEL_DECOY));
+}
+
+// ---- Minting URLs: `upgate sign`, `POST /v1/sign` ----
+
+#[tokio::test]
+async fn upgate_sign_prints_a_working_url() {
+    let (up, gw) = media_gateway().await;
+    let config = write_config(
+        gw.dir(),
+        &config_text(gw.dir(), &up.url(), &media_config(gw.dir())),
+    );
+    let sign = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_upgate"))
+            .arg("sign")
+            .arg("--config")
+            .arg(&config)
+            .args(args)
+            .output()
+            .expect("run upgate sign")
+    };
+    let out = sign(&["/media/private/my report.txt", "--ttl", "5m"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let url = String::from_utf8(out.stdout).expect("utf-8");
+    let url = url.trim();
+    assert!(
+        url.starts_with("/media/private/my%20report.txt?expires="),
+        "{url}"
+    );
+    let (res, body) = get(&gw.url(url)).await;
+    assert_eq!(
+        (res.status, body.as_ref()),
+        (StatusCode::OK, PRIVATE.as_bytes())
+    );
+
+    let out = sign(&["/media/private/a.txt", "--ttl", "2h"]);
+    assert!(!out.status.success(), "a ttl past max_url_ttl is refused");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("max_url_ttl"));
+}
+
+async fn post_sign(
+    gw: &TestGateway,
+    body: impl Into<bytes::Bytes>,
+) -> (StatusCode, serde_json::Value) {
+    let req = Request::post(gw.control_url("/v1/sign"))
+        .header("content-type", "application/json")
+        .body(upgate::body::full(body))
+        .expect("request");
+    let (res, body) = send(req).await;
+    (res.status, json(&body))
+}
+
+#[tokio::test]
+async fn control_sign_returns_a_working_url() {
+    let (_up, gw) = media_gateway().await;
+    let (status, answer) = post_sign(&gw, r#"{"path":"/media/private/a.txt","ttl":"5m"}"#).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let url = answer["url"].as_str().expect("url");
+    let (res, body) = get(&gw.url(url)).await;
+    assert_eq!(
+        (res.status, body.as_ref()),
+        (StatusCode::OK, PRIVATE.as_bytes())
+    );
+
+    let (status, answer) = post_sign(
+        &gw,
+        r#"{"path":"/media/private/a.txt","method":"POST","ttl":60}"#,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, code) = refusal(Method::GET, &gw.url(answer["url"].as_str().expect("url"))).await;
+    assert_eq!(
+        (status, code.as_str()),
+        (StatusCode::FORBIDDEN, "bad_signature"),
+        "a POST URL is not a GET URL"
+    );
+
+    let too_big = format!(r#"{{"path":"/{}"}}"#, "a".repeat(70 * 1024));
+    for bad in [
+        r#"{"path":"media/a.txt"}"#,
+        r#"{"path":"/a","ttl":"2h"}"#,
+        r#"{"path":"/a","ttl":"soon"}"#,
+        r#"{"path":"/a","extra":1}"#,
+        r#"{"method":"GET"}"#,
+        "not json",
+        too_big.as_str(),
+    ] {
+        let (status, answer) = post_sign(&gw, bad.to_string()).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad:.60}");
+        assert_eq!(answer["error"], "bad_request", "{bad:.60}");
+        assert!(answer["verbose_error"].is_string());
+    }
 }

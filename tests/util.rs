@@ -370,6 +370,11 @@ impl TestGateway {
         format!("http://{}{path}", self.addr)
     }
 
+    /// The temp dir holding the secret (`secret`), the storage root (`data`) and any fixtures.
+    pub fn dir(&self) -> &Path {
+        self._dir.path()
+    }
+
     pub fn control_url(&self, path: &str) -> String {
         format!("http://{}{path}", self.control)
     }

@@ -6,6 +6,7 @@
 pub mod paths;
 pub mod range;
 pub mod routes;
+pub mod signed;
 
 use std::io::{self, SeekFrom};
 use std::path::Path;
