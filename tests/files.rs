@@ -1,5 +1,5 @@
 //! Signed URLs (every refusal of SPEC §7), `/files` and `/media` serving, X-Accel-Redirect,
-//! `upgate sign` and `POST /v1/sign`.
+//! `upgate sign`, `POST /v1/sign` and the README's Python signer.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -656,7 +656,7 @@ async fn accel_to_a_bad_target_is_502() {
     assert!(!String::from_utf8_lossy(&body).contains(ACCEL_DECOY));
 }
 
-// ---- Minting URLs: `upgate sign`, `POST /v1/sign` ----
+// ---- Minting URLs: `upgate sign`, `POST /v1/sign`, the README's Python ----
 
 #[tokio::test]
 async fn upgate_sign_prints_a_working_url() {
@@ -749,4 +749,47 @@ async fn control_sign_returns_a_working_url() {
         assert_eq!(answer["error"], "bad_request", "{bad:.60}");
         assert!(answer["verbose_error"].is_string());
     }
+}
+
+/// The ```python block between the signer markers of README.md, exactly as written there.
+fn readme_signer() -> String {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+        .expect("README.md");
+    let block = readme
+        .split_once("<!-- signer:start -->")
+        .and_then(|(_, rest)| rest.split_once("<!-- signer:end -->"))
+        .expect("signer markers in README.md")
+        .0;
+    block
+        .trim()
+        .strip_prefix("```python")
+        .and_then(|b| b.strip_suffix("```"))
+        .expect("one ```python block between the markers")
+        .to_string()
+}
+
+#[tokio::test]
+async fn readme_python_signer_mints_urls_the_gateway_serves() {
+    let (_up, gw) = media_gateway().await;
+    let script = gw.dir().join("sign.py");
+    std::fs::write(&script, readme_signer()).expect("write");
+    let out = std::process::Command::new("python3")
+        .arg(&script)
+        .arg(gw.dir().join("secret"))
+        .arg("/media/private/my report.txt")
+        .arg("120")
+        .output()
+        .expect("python3 runs (the README's signer test needs it)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let url = String::from_utf8(out.stdout).expect("utf-8");
+    let (res, body) = get(&gw.url(url.trim())).await;
+    assert_eq!(
+        (res.status, body.as_ref()),
+        (StatusCode::OK, PRIVATE.as_bytes()),
+        "{url}"
+    );
 }
