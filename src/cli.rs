@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 
 use crate::config::{self, Config};
 use crate::control::Control;
+use crate::files;
 use crate::gateway::Gateway;
 use crate::handles::Registry;
 use crate::metrics::Metrics;
@@ -44,6 +45,18 @@ pub enum Command {
     },
     /// Validate the config, print the effective config, exit 0 or 1.
     Check,
+    /// Print a signed URL for PATH (SPEC §7), path-absolute, so it works behind any host name.
+    Sign {
+        /// The path as it will be requested, e.g. /media/invoices/42.pdf; may end in ?query.
+        /// Characters a URL path cannot carry are percent-encoded; an existing %XX is kept.
+        path: String,
+        /// How long the URL stays valid, e.g. 10m [default: files.max_url_ttl, also the maximum].
+        #[arg(long)]
+        ttl: Option<String>,
+        /// The method the URL admits (a GET URL also admits HEAD).
+        #[arg(long, default_value = "GET")]
+        method: String,
+    },
     /// Print a new random secret (base64url, 32 bytes).
     Keygen,
 }
@@ -63,6 +76,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Check => check(&cli.config),
+        Command::Sign { path, ttl, method } => sign(&cli.config, &path, ttl.as_deref(), &method),
         Command::Keygen => {
             let secret =
                 config::secret::generate().map_err(|_| anyhow::anyhow!("no system randomness"))?;
@@ -101,6 +115,39 @@ fn check(path: &std::path::Path) -> anyhow::Result<ExitCode> {
     config::secret::load_or_create(&validated.secret_file)?;
     print!("{effective}");
     eprintln!("config ok: {}", path.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `upgate sign`: the URL on stdout. The secret must exist already: one created here would
+/// not be the running gateway's, and would be owned by whoever ran this command.
+fn sign(
+    config_path: &std::path::Path,
+    path: &str,
+    ttl: Option<&str>,
+    method: &str,
+) -> anyhow::Result<ExitCode> {
+    let config = Config::load(config_path)?;
+    anyhow::ensure!(
+        config.secret_file.exists(),
+        "secret.file: {} does not exist; start the gateway once, or write one with `upgate keygen`",
+        config.secret_file.display()
+    );
+    let key = config::secret::load_or_create(&config.secret_file)?;
+    let max_ttl = config.files.max_url_ttl;
+    let ttl = match ttl {
+        Some(t) => config::parse_duration(t).map_err(|p| anyhow::anyhow!("--ttl: {p}"))?,
+        None => max_ttl,
+    };
+    let url = files::signed::sign_path(
+        &Secret::new(&key),
+        method,
+        path,
+        ttl,
+        max_ttl,
+        crate::proxy::unix_now(),
+    )
+    .map_err(anyhow::Error::msg)?;
+    println!("{url}");
     Ok(ExitCode::SUCCESS)
 }
 

@@ -11,9 +11,10 @@ use serde_json::json;
 
 use crate::body::{self, Body};
 use crate::config::file::Size;
-use crate::config::parse_size;
+use crate::config::{parse_duration, parse_size};
 use crate::db::Limits;
 use crate::error::{Error, Kind, Result};
+use crate::files::signed::sign_path;
 use crate::gateway::Gateway;
 use crate::proxy::{directives, unix_now};
 use crate::upload;
@@ -48,6 +49,7 @@ impl Control {
             (_, ["readyz"]) if read => Ok(self.readyz().await),
             (_, ["metrics"]) if read => Ok(self.metrics()),
             (Method::POST, ["v1", "handles"]) => self.register(req).await,
+            (Method::POST, ["v1", "sign"]) => self.sign(req).await,
             (Method::DELETE, ["v1", "sessions", token]) => self.end_session(&decode(token)?).await,
             (Method::GET, ["v1", "sessions", token, "files"]) => {
                 self.session_files(&decode(token)?).await
@@ -94,6 +96,29 @@ impl Control {
             StatusCode::OK,
             &json!({ "handle": handle, "expires_at": rfc3339(expires_at) }),
         ))
+    }
+
+    /// `POST /v1/sign` `{"path","method"?,"ttl"?}`: the URL `upgate sign` would print.
+    async fn sign(&self, req: Request<Incoming>) -> Result<Response<Body>> {
+        let bad = |detail: String| Error::new(Kind::BadRequest, detail);
+        let ask: SignRequest = read_json(req).await?;
+        let files = &self.gateway.config.files;
+        let ttl = match ask.ttl {
+            None => files.max_url_ttl,
+            Some(Ttl::Seconds(s)) => Duration::from_secs(s),
+            Some(Ttl::Text(t)) => parse_duration(&t).map_err(|p| bad(format!("ttl: {p}")))?,
+        };
+        let method = ask.method.as_deref().unwrap_or("GET");
+        let url = sign_path(
+            &self.gateway.secret,
+            method,
+            &ask.path,
+            ttl,
+            files.max_url_ttl,
+            unix_now(),
+        )
+        .map_err(bad)?;
+        Ok(body::json(StatusCode::OK, &json!({ "url": url })))
     }
 
     /// `DELETE /v1/sessions/<token>`: handles ended, files removed.
@@ -180,6 +205,23 @@ async fn storage_writable(root: PathBuf) -> Result<(), String> {
     .await
     .map_err(|e| format!("storage {shown}: {e}"))?
     .map_err(|e| format!("storage {shown}: {e}"))
+}
+
+/// The body of `POST /v1/sign`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SignRequest {
+    path: String,
+    method: Option<String>,
+    ttl: Option<Ttl>,
+}
+
+/// A lifetime as the config writes it (`"10m"`) or in seconds (`600`).
+#[derive(serde::Deserialize)]
+#[serde(untagged)]
+enum Ttl {
+    Seconds(u64),
+    Text(String),
 }
 
 /// The body of `POST /v1/handles`.

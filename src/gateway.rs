@@ -11,6 +11,7 @@ use crate::access::Exchange;
 use crate::body::{self, Body, Counted};
 use crate::config::{Config, IdentitySource};
 use crate::error::{Error, Fault, Kind, Result};
+use crate::files::{self, paths};
 use crate::handles::Registry;
 use crate::identity;
 use crate::intercept;
@@ -29,6 +30,16 @@ pub struct Gateway {
     pub registry: Arc<Registry>,
     pub session_locks: SessionLocks,
     pub metrics: Arc<Metrics>,
+}
+
+/// The phase a request belongs to, with the path after its route.
+enum Route<'a> {
+    Uploads(&'a str),
+    Slot,
+    Intercept(&'a crate::config::Intercept),
+    Files(&'a str),
+    Media(&'a str),
+    Upstream,
 }
 
 /// The connection a request came on.
@@ -93,28 +104,51 @@ impl Gateway {
     /// The phases, in order; the first that owns the request answers it.
     async fn dispatch(&self, req: Request<Body>, ctx: &mut Ctx) -> Result<Response<Body>> {
         let path = req.uri().path().to_string();
-        if let Some(rest) = under(&path, &self.config.uploads.route) {
-            return upload::api::route(self, req, ctx, rest).await;
+        match self.route(&path, &req) {
+            Route::Uploads(rest) => upload::api::route(self, req, ctx, rest).await,
+            Route::Slot => intercept::slot(self, req, ctx).await,
+            Route::Intercept(route) => intercept::intercepted(self, req, ctx, route).await,
+            Route::Files(rest) => files::routes::files_route(self, &req, rest).await,
+            Route::Media(rest) => files::routes::media_route(self, &req, rest).await,
+            Route::Upstream => self.proxy_with(req, ctx, |_| {}).await,
+        }
+    }
+
+    /// Which phase owns a path; a route owns itself and what is below it (`/files/...`, not `/filesystem`).
+    fn route<'a>(&'a self, path: &'a str, req: &Request<Body>) -> Route<'a> {
+        let (uploads, files) = (&self.config.uploads, &self.config.files);
+        if let Some(rest) = paths::route_rest(path, &uploads.route) {
+            return Route::Uploads(rest);
         }
         if path == self.config.slots.route {
-            return intercept::slot(self, req, ctx).await;
+            return Route::Slot;
         }
-        if let Some(route) = intercept::find(&self.config.intercepts, &path)
-            && intercept::is_multipart(&req)
+        if let Some(route) = intercept::find(&self.config.intercepts, path)
+            && intercept::is_multipart(req)
         {
-            return intercept::intercepted(self, req, ctx, route).await;
+            return Route::Intercept(route);
         }
-        self.proxy_with(req, ctx, |_| {}).await
+        if let Some(rest) = paths::route_rest(path, &files.route) {
+            return Route::Files(rest);
+        }
+        if files.media_root.is_some()
+            && let Some(rest) = paths::route_rest(path, &files.media_route)
+        {
+            return Route::Media(rest);
+        }
+        Route::Upstream
     }
 
     /// The fallthrough: resolve the handle, forward (`extra` adds headers of upgate's own after the
-    /// hygiene), then act on the upstream's directives.
+    /// hygiene), act on the upstream's directives; a file named by `X-Accel-Redirect` replaces the body.
     pub async fn proxy_with(
         &self,
         req: Request<Body>,
         ctx: &mut Ctx,
         extra: impl FnOnce(&mut http::HeaderMap),
     ) -> Result<Response<Body>> {
+        let method = req.method().clone();
+        let conditional = files::conditional_headers(req.headers());
         let session = self.resolve_handle(req.headers(), ctx);
         let mut res = proxy::forward(
             &self.upstream,
@@ -125,8 +159,14 @@ impl Gateway {
             extra,
         )
         .await?;
+        let files = &self.config.files;
+        let accel = directives::take_accel(res.headers_mut(), &files.route, &files.media_route)
+            .map_err(|e| Error::new(Kind::BadUpstreamDirective, e))?;
         self.apply_directives(res.headers_mut(), ctx).await?;
-        Ok(proxy::into_client_response(res))
+        match accel {
+            Some(target) => files::routes::accel(self, &method, &conditional, res, target).await,
+            None => Ok(proxy::into_client_response(res)),
+        }
     }
 
     /// The upstream session token of a valid `X-Upload-Handle` of this client.
@@ -261,12 +301,6 @@ impl Gateway {
         ));
         Response::from_parts(parts, body)
     }
-}
-
-/// The rest of `path` when it is `route` itself or below it (`/uploads` owns `/uploads/x`, not `/uploadsx`).
-fn under<'a>(path: &'a str, route: &str) -> Option<&'a str> {
-    let rest = path.strip_prefix(route)?;
-    (rest.is_empty() || rest.starts_with('/')).then_some(rest)
 }
 
 /// Runs state-database work off the async workers.

@@ -179,7 +179,8 @@ impl Echo {
 }
 
 /// A real HTTP/1.1 upstream: `/sleep/<ms>` delays its headers, `/stream/<n>` sends n bytes,
-/// `/ws` is a WebSocket echo, anything else echoes the request as JSON.
+/// `/ws` is a WebSocket echo, `/accel?...` answers with an `X-Accel-Redirect` (see
+/// [`accel_reply`]), anything else echoes the request as JSON.
 pub struct TestUpstream {
     pub addr: SocketAddr,
     /// Requests received so far.
@@ -244,6 +245,9 @@ async fn upstream_route(
     if path == "/ws" {
         return Ok(websocket_echo(req));
     }
+    if path == "/accel" {
+        return Ok(accel_reply(req.uri().query().unwrap_or("")));
+    }
     // `h-<name>=<value>` query parameters become response headers: how tests make the upstream send directives.
     let directives: Vec<(String, String)> = req
         .uri()
@@ -286,6 +290,45 @@ async fn upstream_route(
         res.headers_mut().append(name, v.parse().expect("value"));
     }
     Ok(res)
+}
+
+/// The body of every `/accel` answer: a gateway that honours the directive never forwards it.
+pub const ACCEL_DECOY: &str = "the upstream's own body, which must never reach the client";
+
+/// `/accel?to=T[&status=S][&header=NAME][&ct=..][&cd=..][&cc=..]` (values percent-encoded):
+/// status S (default 200), `NAME: T` (default `X-Accel-Redirect`), and Content-Type,
+/// Content-Disposition and Cache-Control when given; the body is [`ACCEL_DECOY`].
+fn accel_reply(query: &str) -> Response<Body> {
+    let params: BTreeMap<&str, String> = query
+        .split('&')
+        .filter_map(|p| p.split_once('='))
+        .map(|(k, v)| {
+            let v = percent_encoding::percent_decode_str(v).decode_utf8_lossy();
+            (k, v.into_owned())
+        })
+        .collect();
+    let mut res = Response::new(upgate::body::full(ACCEL_DECOY));
+    *res.status_mut() = params
+        .get("status")
+        .and_then(|s| StatusCode::from_bytes(s.as_bytes()).ok())
+        .unwrap_or(StatusCode::OK);
+    let directive = params
+        .get("header")
+        .map_or("x-accel-redirect", String::as_str);
+    for (name, key) in [
+        (directive, "to"),
+        ("content-type", "ct"),
+        ("content-disposition", "cd"),
+        ("cache-control", "cc"),
+    ] {
+        if let Some(v) = params.get(key) {
+            res.headers_mut().insert(
+                http::HeaderName::from_bytes(name.as_bytes()).expect("name"),
+                http::HeaderValue::from_str(v).expect("value"),
+            );
+        }
+    }
+    res
 }
 
 fn websocket_echo(mut req: Request<Incoming>) -> Response<Body> {
@@ -455,6 +498,11 @@ impl TestGateway {
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
+    }
+
+    /// The temp dir holding the secret (`secret`), the storage root (`data`) and any fixtures.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
     }
 
     pub fn control_url(&self, path: &str) -> String {

@@ -1,67 +1,308 @@
-//! Serving files: uploaded ones by id and the application's media, with Range, ETag and HEAD.
+//! Serving files as nginx does: validators, conditional requests, one byte range, HEAD, streamed in large chunks.
+//!
+//! [`serve`] is the one responder: the signed routes, `X-Accel-Redirect` and the upload API's
+//! `GET /uploads/<name>` all end in it, so every file answer carries the same headers.
 
+pub mod paths;
 pub mod range;
+pub mod routes;
+pub mod signed;
 
+use std::io::{self, SeekFrom};
 use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
 
-use http::{HeaderMap, Method, Response, header};
+use futures_util::TryStreamExt as _;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Response, StatusCode};
+use http_body::Frame;
+use http_body_util::StreamBody;
+use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _};
+use tokio_util::io::ReaderStream;
 
 use crate::body::{self, Body};
 use crate::error::{Error, Kind, Result};
+use range::RangeOutcome;
 
-/// A file to answer with.
+/// Bytes read from disk at a time: few system calls per megabyte, and at most one chunk of a
+/// response waits in memory while the client is slow.
+const CHUNK: usize = 256 * 1024;
+
+/// The request headers a file answer depends on; all others are irrelevant to [`serve`].
+const CONDITIONAL: [HeaderName; 4] = [
+    header::RANGE,
+    header::IF_RANGE,
+    header::IF_NONE_MATCH,
+    header::IF_MODIFIED_SINCE,
+];
+
+/// One file to answer with.
 pub struct Serve<'a> {
     pub path: &'a Path,
     pub content_type: &'a str,
+    /// `Content-Disposition`: (`attachment` or `inline`, the file name); `None` sends none.
     pub disposition: Option<(&'a str, &'a str)>,
+    /// Mixed into the ETag to tell apart files of equal size and mtime (the file id, or `""`).
     pub etag_extra: &'a str,
 }
 
-/// Placeholder until the full responder lands: the whole file, streamed.
+/// Answers GET or HEAD with a file: `200`, `206` for one satisfiable `Range` (subject to
+/// `If-Range`), `304` for a matching `If-None-Match`/`If-Modified-Since`, `416` with
+/// `Content-Range: bytes */len` for an unsatisfiable range. The body is read from disk as the
+/// client takes it, [`CHUNK`] bytes at a time; a read error ends the response with an error,
+/// never with a short body that looks complete.
+///
+/// # Errors
+///
+/// `method_not_allowed` for other methods, `not_found` for a missing file or a directory,
+/// `forbidden` for a file the gateway may not read, `internal` for other I/O failures.
 pub async fn serve(
     method: &Method,
-    _headers: &HeaderMap,
+    headers: &HeaderMap,
     file: Serve<'_>,
 ) -> Result<Response<Body>> {
-    let f = tokio::fs::File::open(file.path)
-        .await
-        .map_err(|_| Error::new(Kind::NotFound, "no such file"))?;
-    let len = f
-        .metadata()
-        .await
-        .map_err(|e| Error::internal("stat", e))?
-        .len();
-    let stream = futures_util::stream::unfold(f, |mut f| async move {
-        use tokio::io::AsyncReadExt;
-        let mut buf = vec![0u8; 256 * 1024];
-        match f.read(&mut buf).await {
-            Ok(0) => None,
-            Ok(n) => {
-                buf.truncate(n);
-                Some((Ok(http_body::Frame::data(bytes::Bytes::from(buf))), f))
-            }
-            Err(e) => Some((Err(e), f)),
-        }
-    });
-    let b = if method == Method::HEAD {
-        body::empty()
-    } else {
-        body::boxed(http_body_util::StreamBody::new(stream))
-    };
-    let mut res = Response::new(b);
+    if method != Method::GET && method != Method::HEAD {
+        return Err(Error::new(
+            Kind::MethodNotAllowed,
+            "files answer GET and HEAD only",
+        ));
+    }
+    let (handle, len, modified) = open(file.path).await?;
+    let etag = range::etag(len, modified, file.etag_extra);
+    let mut res = Response::new(body::empty());
     let h = res.headers_mut();
-    h.insert(header::CONTENT_LENGTH, len.into());
-    if let Ok(v) = file.content_type.parse() {
-        h.insert(header::CONTENT_TYPE, v);
-    }
-    if let Some((kind, name)) = file.disposition
-        && let Ok(v) = range::content_disposition(kind, name).parse()
-    {
-        h.insert(header::CONTENT_DISPOSITION, v);
-    }
     h.insert(
-        "x-content-type-options",
-        http::HeaderValue::from_static("nosniff"),
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
     );
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    insert(h, header::ETAG, &etag);
+    insert(h, header::LAST_MODIFIED, &range::http_date(modified));
+    let text = |name| {
+        headers
+            .get(name)
+            .and_then(|v: &HeaderValue| v.to_str().ok())
+    };
+    if range::not_modified(
+        text(header::IF_NONE_MATCH),
+        text(header::IF_MODIFIED_SINCE),
+        &etag,
+        modified,
+    ) {
+        *res.status_mut() = StatusCode::NOT_MODIFIED;
+        return Ok(res);
+    }
+    let wanted = if range::if_range_allows(text(header::IF_RANGE), &etag, modified) {
+        range::parse_range(text(header::RANGE), len)
+    } else {
+        RangeOutcome::Full
+    };
+    let (start, count) = match wanted {
+        RangeOutcome::Full => (0, len),
+        RangeOutcome::Partial { start, end } => {
+            *res.status_mut() = StatusCode::PARTIAL_CONTENT;
+            insert(
+                res.headers_mut(),
+                header::CONTENT_RANGE,
+                &range::content_range(start, end, len),
+            );
+            (start, end - start + 1)
+        }
+        RangeOutcome::Unsatisfiable => return Ok(unsatisfiable(res, len)),
+    };
+    describe(res.headers_mut(), &file, count);
+    if method == Method::GET {
+        *res.body_mut() = stream(handle, start, count).await?;
+    }
     Ok(res)
+}
+
+/// The headers of [`CONDITIONAL`] from a request, for answering with a file later (after the
+/// request itself has gone upstream, as `X-Accel-Redirect` does).
+pub fn conditional_headers(headers: &HeaderMap) -> HeaderMap {
+    let mut kept = HeaderMap::new();
+    for name in CONDITIONAL {
+        if let Some(v) = headers.get(&name) {
+            kept.insert(name, v.clone());
+        }
+    }
+    kept
+}
+
+/// Opens a regular file: (handle, length, modification time).
+async fn open(path: &Path) -> Result<(tokio::fs::File, u64, SystemTime)> {
+    let handle = tokio::fs::File::open(path).await.map_err(open_error)?;
+    let meta = handle.metadata().await.map_err(open_error)?;
+    if !meta.is_file() {
+        return Err(Error::new(Kind::NotFound, "no such file"));
+    }
+    Ok((handle, meta.len(), meta.modified().unwrap_or(UNIX_EPOCH)))
+}
+
+/// How a failed open or lookup answers, as nginx maps errno: absent 404, not readable 403.
+pub(crate) fn open_error(e: io::Error) -> Error {
+    match e.kind() {
+        io::ErrorKind::NotFound
+        | io::ErrorKind::NotADirectory
+        | io::ErrorKind::IsADirectory
+        | io::ErrorKind::InvalidFilename => Error::new(Kind::NotFound, "no such file"),
+        io::ErrorKind::PermissionDenied => {
+            Error::new(Kind::Forbidden, "the file may not be read").with_source(e)
+        }
+        _ => Error::internal("opening a file", e),
+    }
+}
+
+/// Content-Type, Content-Length and Content-Disposition of a 200 or 206.
+fn describe(h: &mut HeaderMap, file: &Serve<'_>, count: u64) {
+    let content_type = HeaderValue::from_str(file.content_type)
+        .unwrap_or(HeaderValue::from_static("application/octet-stream"));
+    h.insert(header::CONTENT_TYPE, content_type);
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(count));
+    if let Some((kind, name)) = file.disposition {
+        insert(
+            h,
+            header::CONTENT_DISPOSITION,
+            &range::content_disposition(kind, name),
+        );
+    }
+}
+
+/// `416` as every other upgate error, a JSON body, plus the `Content-Range` RFC 9110 §15.5.17 asks for.
+fn unsatisfiable(res: Response<Body>, len: u64) -> Response<Body> {
+    let (mut parts, _) = res.into_parts();
+    let answer = body::json(
+        StatusCode::RANGE_NOT_SATISFIABLE,
+        &serde_json::json!({
+            "error": "range_not_satisfiable",
+            "verbose_error": format!("the file has {len} bytes; the range asks for none of them"),
+        }),
+    );
+    let (json_parts, json_body) = answer.into_parts();
+    parts.status = json_parts.status;
+    parts.headers.extend(json_parts.headers);
+    insert(
+        &mut parts.headers,
+        header::CONTENT_RANGE,
+        &range::unsatisfied_range(len),
+    );
+    Response::from_parts(parts, json_body)
+}
+
+/// `count` bytes from `start`, read as the client takes them.
+async fn stream(mut handle: tokio::fs::File, start: u64, count: u64) -> Result<Body> {
+    if start > 0 {
+        handle
+            .seek(SeekFrom::Start(start))
+            .await
+            .map_err(|e| Error::internal("seeking in a file", e))?;
+    }
+    // A small file gets a small buffer; `max(1)` because a zero capacity reads nothing at all.
+    let capacity = usize::try_from(count).map_or(CHUNK, |n| n.clamp(1, CHUNK));
+    let chunks = ReaderStream::with_capacity(handle.take(count), capacity);
+    Ok(body::boxed(StreamBody::new(chunks.map_ok(Frame::data))))
+}
+
+/// Sets a header whose value this module made; such values are always visible ASCII.
+fn insert(h: &mut HeaderMap, name: HeaderName, value: &str) {
+    if let Ok(v) = HeaderValue::from_str(value) {
+        h.insert(name, v);
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests may unwrap: a panic is the failure report
+mod tests {
+    use http_body_util::BodyExt as _;
+
+    use super::*;
+
+    async fn answer(method: Method, headers: &[(HeaderName, &str)]) -> (Response<Body>, Vec<u8>) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f.txt");
+        let bytes: Vec<u8> = (0..600_000u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&path, &bytes).unwrap();
+        let mut map = HeaderMap::new();
+        for (k, v) in headers {
+            map.insert(k.clone(), HeaderValue::from_str(v).unwrap());
+        }
+        let file = Serve {
+            path: &path,
+            content_type: "text/plain",
+            disposition: Some(("inline", "f.txt")),
+            etag_extra: "x",
+        };
+        let res = serve(&method, &map, file).await.unwrap();
+        let (parts, body) = res.into_parts();
+        let got = body.collect().await.unwrap().to_bytes().to_vec();
+        (Response::from_parts(parts, body::empty()), got)
+    }
+
+    #[tokio::test]
+    async fn whole_file_in_several_chunks() {
+        let (res, got) = answer(Method::GET, &[]).await;
+        assert_eq!(res.status(), StatusCode::OK);
+        assert_eq!(got.len(), 600_000);
+        assert!(got.iter().enumerate().all(|(i, b)| *b == (i % 251) as u8));
+        assert_eq!(res.headers()[header::CONTENT_LENGTH], "600000");
+        assert_eq!(res.headers()[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
+    }
+
+    #[tokio::test]
+    async fn range_past_a_chunk_boundary() {
+        let (res, got) = answer(Method::GET, &[(header::RANGE, "bytes=262140-262150")]).await;
+        assert_eq!(res.status(), StatusCode::PARTIAL_CONTENT);
+        assert_eq!(
+            res.headers()[header::CONTENT_RANGE],
+            "bytes 262140-262150/600000"
+        );
+        let want: Vec<u8> = (262_140..=262_150u32).map(|i| (i % 251) as u8).collect();
+        assert_eq!(got, want);
+    }
+
+    #[tokio::test]
+    async fn a_stale_if_range_gets_the_whole_file() {
+        let (res, got) = answer(
+            Method::GET,
+            &[(header::RANGE, "bytes=0-9"), (header::IF_RANGE, "\"old\"")],
+        )
+        .await;
+        assert_eq!(res.status(), StatusCode::OK);
+        assert_eq!(got.len(), 600_000);
+    }
+
+    #[tokio::test]
+    async fn other_methods_and_missing_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = |path| Serve {
+            path,
+            content_type: "text/plain",
+            disposition: None,
+            etag_extra: "",
+        };
+        let none = HeaderMap::new();
+        let missing = dir.path().join("missing");
+        let e = serve(&Method::GET, &none, file(&missing))
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind, Kind::NotFound);
+        let e = serve(&Method::GET, &none, file(dir.path()))
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind, Kind::NotFound, "a directory is not a file");
+        let e = serve(&Method::POST, &none, file(&missing))
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind, Kind::MethodNotAllowed);
+    }
+
+    #[test]
+    fn conditional_headers_keep_only_what_serving_reads() {
+        let mut h = HeaderMap::new();
+        h.insert(header::RANGE, HeaderValue::from_static("bytes=0-1"));
+        h.insert(header::COOKIE, HeaderValue::from_static("a=b"));
+        let kept = conditional_headers(&h);
+        assert_eq!(kept.len(), 1);
+        assert_eq!(kept[header::RANGE], "bytes=0-1");
+    }
 }

@@ -1,0 +1,244 @@
+//! The file routes of the public listener: `/files/<id>/<name>`, `/media/<path>`, and files named by `X-Accel-Redirect`.
+//!
+//! Signed URLs are checked first and in SPEC §7's order (`bad_signature`, `expired`,
+//! `ttl_too_long`), before anything is looked up, so an unsigned request learns nothing of
+//! which files exist.
+
+use std::path::{Path, PathBuf};
+
+use http::header::{self, HeaderMap};
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+
+use super::{Serve, paths, serve};
+use crate::body::Body;
+use crate::error::{Error, Kind, Result};
+use crate::gateway::Gateway;
+use crate::proxy::directives::AccelTarget;
+use crate::proxy::unix_now;
+use crate::signing::UrlError;
+
+/// Stored files are sent as downloads: they are what users uploaded, and a download never
+/// runs in the gateway's origin. `<img src>` and `<embed>` ignore the disposition, so
+/// previews still work; an application that wants `inline` says so through `X-Accel-Redirect`.
+const STORED_DISPOSITION: &str = "attachment";
+
+/// The upstream response headers a file served by `X-Accel-Redirect` keeps (nginx keeps the
+/// same, less those SPEC §3 names, which are applied separately).
+const ACCEL_KEPT: [header::HeaderName; 3] =
+    [header::CACHE_CONTROL, header::EXPIRES, header::SET_COOKIE];
+
+/// `GET`/`HEAD /files/<id>/<name>?expires=…&sig=…`: an uploaded file, by a signed URL.
+/// The name must be the file's (percent-decoded), so a URL cannot be re-labelled.
+pub async fn files_route(gw: &Gateway, req: &Request<Body>, rest: &str) -> Result<Response<Body>> {
+    verify(gw, req)?;
+    let Some((id, Some(name))) = paths::stored_file(rest) else {
+        return Err(Error::new(Kind::NotFound, "no such file"));
+    };
+    stored(gw, req.method(), req.headers(), id, Some(&name), None).await
+}
+
+/// `GET`/`HEAD /media/<path>`: a file of `media_root`; signed unless under `public_prefix`.
+/// "Under" holds for the real path too: a symlink in the public folder to a private file
+/// asks for a signature, as that file's own URL would.
+pub async fn media_route(gw: &Gateway, req: &Request<Body>, rest: &str) -> Result<Response<Body>> {
+    let prefix = &gw.config.files.public_prefix;
+    let relative = paths::media_relative(rest)?;
+    let public = paths::is_public(&relative, prefix);
+    if !public {
+        verify(gw, req)?;
+    }
+    let (root, path) = resolve(media_root(gw)?, &relative).await?;
+    if public && !path.starts_with(root.join(prefix)) {
+        verify(gw, req)?;
+    }
+    let content_type = media_type(&relative);
+    let file = Serve {
+        path: &path,
+        content_type: &content_type,
+        disposition: None,
+        etag_extra: "",
+    };
+    serve(req.method(), req.headers(), file).await
+}
+
+/// Serves the file an upstream response named (`X-Accel-Redirect`, `X-Sendfile`) in place
+/// of its body, which is dropped unread. No signature: the upstream is trusted, that is the
+/// point. As nginx's internal redirect, any method but HEAD becomes GET. The upstream's
+/// status is kept; only a `200` may still become `206`, `304` or `416` by the client's
+/// `Range` and validators (`conditional`). The upstream's `Content-Type` (unless empty) and
+/// `Content-Disposition` replace upgate's own, and `Cache-Control`, `Expires` and
+/// `Set-Cookie` pass.
+pub async fn accel(
+    gw: &Gateway,
+    method: &Method,
+    conditional: &HeaderMap,
+    upstream: Response<Incoming>,
+    target: AccelTarget,
+) -> Result<Response<Body>> {
+    let (parts, _unread) = upstream.into_parts();
+    let status = parts.status;
+    if status.is_informational()
+        || matches!(
+            status,
+            StatusCode::NO_CONTENT | StatusCode::PARTIAL_CONTENT | StatusCode::NOT_MODIFIED
+        )
+    {
+        return Err(Error::new(
+            Kind::BadUpstreamDirective,
+            format!("X-Accel-Redirect on a {status} response, which cannot carry a file"),
+        ));
+    }
+    let method = if method == Method::HEAD {
+        Method::HEAD
+    } else {
+        Method::GET
+    };
+    let none = HeaderMap::new();
+    let conditional = if status == StatusCode::OK {
+        conditional
+    } else {
+        &none
+    };
+    let content_type = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.trim().is_empty());
+    let mut res = match target {
+        AccelTarget::File { id, name } => {
+            stored(gw, &method, conditional, &id, name.as_deref(), content_type).await?
+        }
+        AccelTarget::Media(relative) => {
+            accel_media(gw, &method, conditional, &relative, content_type).await?
+        }
+    };
+    keep_upstream_headers(&mut res, status, &parts.headers);
+    Ok(res)
+}
+
+async fn accel_media(
+    gw: &Gateway,
+    method: &Method,
+    conditional: &HeaderMap,
+    relative: &str,
+    content_type: Option<&str>,
+) -> Result<Response<Body>> {
+    let root = gw.config.files.media_root.as_deref().ok_or_else(|| {
+        Error::new(
+            Kind::BadUpstreamDirective,
+            "X-Accel-Redirect names a media file but files.media_root is not set",
+        )
+    })?;
+    let (_, path) = resolve(root, relative).await?;
+    let guessed = media_type(relative);
+    let file = Serve {
+        path: &path,
+        content_type: content_type.unwrap_or(&guessed),
+        disposition: None,
+        etag_extra: "",
+    };
+    serve(method, conditional, file).await
+}
+
+/// The upstream's status (when it was not 200), disposition and caching headers on a file answer.
+fn keep_upstream_headers(res: &mut Response<Body>, status: StatusCode, upstream: &HeaderMap) {
+    let carries_file = res.status().is_success();
+    if status != StatusCode::OK {
+        *res.status_mut() = status;
+    }
+    let h = res.headers_mut();
+    if carries_file && let Some(v) = upstream.get(header::CONTENT_DISPOSITION) {
+        h.insert(header::CONTENT_DISPOSITION, v.clone());
+    }
+    for name in ACCEL_KEPT {
+        for v in upstream.get_all(&name) {
+            h.append(name.clone(), v.clone());
+        }
+    }
+}
+
+/// A stored file by id: looked up in the index, its name checked when one is given.
+async fn stored(
+    gw: &Gateway,
+    method: &Method,
+    headers: &HeaderMap,
+    id: &str,
+    name: Option<&str>,
+    content_type: Option<&str>,
+) -> Result<Response<Body>> {
+    let record = gw
+        .store
+        .db
+        .file(id)
+        .map_err(|e| Error::internal("reading the file index", e))?
+        .filter(|r| name.is_none_or(|n| n == r.name))
+        .ok_or_else(|| Error::new(Kind::NotFound, "no such file"))?;
+    // The blob is found by the record's id, never by the request's text.
+    let path = gw.store.blob_path(&record.id);
+    let file = Serve {
+        path: &path,
+        content_type: content_type.unwrap_or(&record.content_type),
+        disposition: Some((STORED_DISPOSITION, &record.name)),
+        etag_extra: &record.id,
+    };
+    serve(method, headers, file).await
+}
+
+/// SPEC §7 on the request as it came: its method, raw path and raw query.
+fn verify(gw: &Gateway, req: &Request<Body>) -> Result<()> {
+    let uri = req.uri();
+    let max_ttl = gw.config.files.max_url_ttl.as_secs();
+    match gw.secret.verify_url(
+        req.method().as_str(),
+        uri.path(),
+        uri.query(),
+        unix_now(),
+        max_ttl,
+    ) {
+        Ok(_) => Ok(()),
+        Err(UrlError::BadSignature) => Err(Error::new(
+            Kind::BadSignature,
+            "the URL's signature is missing, malformed or wrong for this method, path and query",
+        )),
+        Err(UrlError::Expired) => Err(Error::new(Kind::Expired, "the signed URL has expired")),
+        Err(UrlError::TtlTooLong) => Err(Error::new(
+            Kind::TtlTooLong,
+            format!("the URL expires more than {max_ttl}s from now (files.max_url_ttl)"),
+        )),
+    }
+}
+
+fn media_root(gw: &Gateway) -> Result<&Path> {
+    // The gateway routes here only when media_root is set; this is the same check, not a second policy.
+    gw.config
+        .files
+        .media_root
+        .as_deref()
+        .ok_or_else(|| Error::new(Kind::NotFound, "no media folder is configured"))
+}
+
+/// The real paths of `root` and of `relative` under it, symlinks followed; refused (`403`,
+/// as nginx's `disable_symlinks`) when the file is not inside the root.
+async fn resolve(root: &Path, relative: &str) -> Result<(PathBuf, PathBuf)> {
+    let root = tokio::fs::canonicalize(root)
+        .await
+        .map_err(|e| Error::internal("files.media_root cannot be resolved", e))?;
+    let path = tokio::fs::canonicalize(root.join(relative))
+        .await
+        .map_err(super::open_error)?;
+    if !path.starts_with(&root) {
+        return Err(Error::new(
+            Kind::Forbidden,
+            "a symlink leads outside the media folder",
+        ));
+    }
+    Ok((root, path))
+}
+
+/// Content-Type by extension, from `mime_guess`'s table (the one nginx's `mime.types` is close to).
+fn media_type(relative: &str) -> String {
+    mime_guess::from_path(relative)
+        .first_or_octet_stream()
+        .to_string()
+}
