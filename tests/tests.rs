@@ -1,5 +1,6 @@
 //! upgate's integration tests: one binary, the real gateway in front of a real upstream (see `util`).
 
+mod demo;
 mod files;
 mod intercepts;
 mod lifecycle;
