@@ -59,6 +59,12 @@ pub enum Command {
     },
     /// Print a new random secret (base64url, 32 bytes).
     Keygen,
+    /// Run retention now: expired handles, dead sessions' files, expired intercept files, leftovers.
+    Gc {
+        /// Report what would be removed, remove nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 /// Runs the chosen subcommand.
@@ -67,7 +73,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run => {
             init_logging();
             let config = Config::load(&cli.config)?;
-            runtime()?.block_on(serve(config))?;
+            raise_open_files_limit();
+            runtime()?.block_on(serve(config, &cli.config))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo { listen } => {
@@ -76,6 +83,12 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Check => check(&cli.config),
+        Command::Gc { dry_run } => {
+            let config = Config::load(&cli.config)?;
+            let report = runtime()?.block_on(crate::retention::gc(config, dry_run))?;
+            println!("{report}");
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Sign { path, ttl, method } => sign(&cli.config, &path, ttl.as_deref(), &method),
         Command::Keygen => {
             let secret =
@@ -152,10 +165,20 @@ fn sign(
 }
 
 /// Starts everything the config asks for, then serves until SIGTERM or SIGINT and drains.
-pub async fn serve(config: Config) -> anyhow::Result<()> {
-    let grace = config.server.shutdown_grace;
+/// SIGHUP re-reads `path` and puts it in force; an invalid config is refused and the old one stays.
+pub async fn serve(config: Config, path: &std::path::Path) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
     let running = start(config).await?;
-    shutdown_signal().await?;
+    let mut hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
+    let stop = shutdown_signal();
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            done = &mut stop => { done?; break; }
+            _ = hup.recv() => reload(&running, path),
+        }
+    }
+    let grace = running.gateway().config.server.shutdown_grace;
     tracing::info!(grace = ?grace, "shutting down: finishing requests in flight");
     if running.drain(grace).await {
         tracing::info!("drained");
@@ -163,6 +186,37 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         tracing::warn!("shutdown grace passed with requests still in flight");
     }
     Ok(())
+}
+
+fn reload(running: &server::Running, path: &std::path::Path) {
+    let attempt = Config::load(path)
+        .map_err(anyhow::Error::from)
+        .and_then(|config| {
+            let key = config::secret::load_or_create(&config.secret_file)?;
+            running.reload(config, &key)
+        });
+    match attempt {
+        Ok(()) => tracing::info!(config = %path.display(), "reloaded"),
+        Err(e) => tracing::error!(
+            error = format!("{e:#}"),
+            "reload refused; the running config stays in force"
+        ),
+    }
+}
+
+/// Raises the soft limit of open files to the hard one, as a server holding many connections must.
+fn raise_open_files_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current < limit.maximum {
+        let raised = rustix::process::Rlimit {
+            current: limit.maximum,
+            maximum: limit.maximum,
+        };
+        if let Err(e) = setrlimit(Resource::Nofile, raised) {
+            tracing::warn!(error = %e, "cannot raise the open files limit");
+        }
+    }
 }
 
 /// Loads the secret, prepares storage, binds and starts serving.
@@ -183,41 +237,11 @@ pub async fn start(config: Config) -> anyhow::Result<server::Running> {
         Arc::new(registry),
         Arc::new(Metrics::new()),
     ));
-    let control = Arc::new(Control::new(gateway.clone()));
-    let running = server::start(gateway.clone(), control, bound)?;
-    running.spawn_background(|shutdown| upkeep(gateway, shutdown));
+    let live: crate::gateway::Live = Arc::new(arc_swap::ArcSwap::new(gateway));
+    let control = Arc::new(Control::new(live.clone()));
+    let running = server::start(live.clone(), control, bound)?;
+    running.spawn_background(|shutdown| crate::retention::upkeep(live, shutdown));
     Ok(running)
-}
-
-/// Background care of the state: refreshed handle expiries written every few seconds, expired handles
-/// pruned; a last flush at shutdown.
-async fn upkeep(gateway: Arc<Gateway>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
-    let mut tick = tokio::time::interval(std::time::Duration::from_secs(2));
-    let mut rounds = 0u64;
-    loop {
-        let last = tokio::select! {
-            _ = tick.tick() => false,
-            _ = server::stopped(&mut shutdown) => true,
-        };
-        rounds += 1;
-        let gw = gateway.clone();
-        let prune = rounds % 30 == 0;
-        let step = (gw.config.uploads.handle_ttl.as_secs() / 60).max(1);
-        let done = tokio::task::spawn_blocking(move || {
-            gw.registry.flush(&gw.store.db, step)?;
-            if prune {
-                gw.registry.prune(&gw.store.db, crate::proxy::unix_now())?;
-            }
-            Ok::<_, crate::db::DbError>(())
-        })
-        .await;
-        if let Ok(Err(e)) = done {
-            tracing::error!(error = %e, "handle upkeep failed");
-        }
-        if last {
-            return;
-        }
-    }
 }
 
 pub async fn shutdown_signal() -> anyhow::Result<()> {

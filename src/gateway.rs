@@ -15,11 +15,14 @@ use crate::files::{self, paths};
 use crate::handles::Registry;
 use crate::identity;
 use crate::intercept;
-use crate::metrics::{Metrics, ReasonLabel};
+use crate::metrics::{Metrics, ReasonLabel, ResultLabel};
 use crate::proxy::{self, Upstream, directives, headers};
 use crate::server::Activity;
 use crate::signing::Secret;
 use crate::upload::{self, SessionLocks, store::Store};
+
+/// The gateway in force; SIGHUP swaps in a new one, each request takes the one current when it starts.
+pub type Live = Arc<arc_swap::ArcSwap<Gateway>>;
 
 /// Everything the request path shares: the validated config, the key, the upstream pool and the metrics.
 pub struct Gateway {
@@ -28,7 +31,7 @@ pub struct Gateway {
     pub upstream: Upstream,
     pub store: Arc<Store>,
     pub registry: Arc<Registry>,
-    pub session_locks: SessionLocks,
+    pub session_locks: Arc<SessionLocks>,
     pub metrics: Arc<Metrics>,
 }
 
@@ -80,8 +83,23 @@ impl Gateway {
             upstream,
             store,
             registry,
-            session_locks: SessionLocks::default(),
+            session_locks: Arc::default(),
             metrics,
+        }
+    }
+
+    /// The same gateway under a new config and key (SIGHUP): the state, the locks and the metrics
+    /// are shared, so nothing in flight notices.
+    pub fn reloaded(&self, config: Config, secret: Secret) -> Self {
+        self.registry.set_ttl(config.uploads.handle_ttl);
+        Self {
+            upstream: Upstream::new(&config.upstream),
+            config,
+            secret,
+            store: self.store.clone(),
+            registry: self.registry.clone(),
+            session_locks: self.session_locks.clone(),
+            metrics: self.metrics.clone(),
         }
     }
 
@@ -95,6 +113,7 @@ impl Gateway {
             Ok(res) => res,
             Err(e) => {
                 log_error(&ctx, &e);
+                self.count_error(&ctx, &e);
                 body::json(e.status(), &e.body(ctx.upload_api))
             }
         };
@@ -247,6 +266,36 @@ impl Gateway {
         let key = self.secret.client_key(&value);
         ctx.issued_cookie = Some(value);
         Ok(Some(key))
+    }
+
+    fn count_error(&self, ctx: &Ctx, e: &Error) {
+        let code = e.kind.code();
+        if ctx.upload_api {
+            self.metrics
+                .uploads
+                .get_or_create(&ResultLabel { result: code })
+                .inc();
+        }
+        if matches!(
+            e.kind,
+            Kind::BadSignature | Kind::Expired | Kind::TtlTooLong
+        ) {
+            self.metrics
+                .signature_failures
+                .get_or_create(&ReasonLabel { reason: code })
+                .inc();
+        }
+    }
+
+    /// Counts stored files: one accepted upload request and its bytes.
+    pub fn count_accepted(&self, files: &[crate::db::FileRecord]) {
+        self.metrics
+            .uploads
+            .get_or_create(&ResultLabel { result: "accepted" })
+            .inc();
+        self.metrics
+            .stored_bytes
+            .inc_by(files.iter().map(|f| f.size).sum());
     }
 
     fn context(&self, req: &Request<Incoming>, conn: &Conn) -> Ctx {

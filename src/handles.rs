@@ -32,7 +32,7 @@ pub struct Registry {
     /// (token, client) -> handle, so that re-registering returns the same handle.
     bindings: DashMap<(Arc<str>, Box<str>), Box<str>>,
     limits: DashMap<Arc<str>, Limits>,
-    ttl_secs: u64,
+    ttl_secs: AtomicU64,
     rng: SystemRandom,
 }
 
@@ -43,7 +43,7 @@ impl Registry {
             live: DashMap::new(),
             bindings: DashMap::new(),
             limits: DashMap::new(),
-            ttl_secs: ttl.as_secs().max(1),
+            ttl_secs: AtomicU64::new(ttl.as_secs().max(1)),
             rng: SystemRandom::new(),
         };
         for (token, session) in db.sessions()? {
@@ -78,6 +78,15 @@ impl Registry {
         );
     }
 
+    /// A new `handle_ttl` (config reload); it applies from each handle's next refresh.
+    pub fn set_ttl(&self, ttl: Duration) {
+        self.ttl_secs.store(ttl.as_secs().max(1), Ordering::Relaxed);
+    }
+
+    fn ttl(&self) -> u64 {
+        self.ttl_secs.load(Ordering::Relaxed)
+    }
+
     pub fn len(&self) -> usize {
         self.live.len()
     }
@@ -96,7 +105,7 @@ impl Registry {
         limits: Limits,
         now: u64,
     ) -> Result<(String, u64), DbError> {
-        let expires_at = now + self.ttl_secs;
+        let expires_at = now + self.ttl();
         let key: (Arc<str>, Box<str>) = (token.into(), client.into());
         let existing = self
             .bindings
@@ -145,9 +154,7 @@ impl Registry {
         if !same_client || entry.expires_at.load(Ordering::Acquire) <= now {
             return None;
         }
-        entry
-            .expires_at
-            .store(now + self.ttl_secs, Ordering::Release);
+        entry.expires_at.store(now + self.ttl(), Ordering::Release);
         let limits = self
             .limits
             .get(&*entry.token)

@@ -173,6 +173,7 @@ async fn store_and_forward(
         tokio::task::spawn_blocking(move || upload::commit(&store, &owner, ingested, None))
             .await
             .map_err(|e| Error::internal("the commit thread failed", e))??;
+    gw.count_accepted(&records);
     let (content_type, description) = describe(gw, target.rewrite, &fields, &field_of, &records);
     parts.method = target.method;
     parts.uri = target.uri;

@@ -20,6 +20,7 @@ pub mod identity;
 pub mod intercept;
 pub mod metrics;
 pub mod proxy;
+pub mod retention;
 pub mod server;
 pub mod signing;
 pub mod upload;

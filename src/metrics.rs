@@ -18,7 +18,12 @@ pub struct ReasonLabel {
     pub reason: &'static str,
 }
 
-/// Every series upgate exports.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: &'static str,
+}
+
+/// Every series upgate exports (documented in the README's Metrics section).
 pub struct Metrics {
     registry: Registry,
     pub requests: Family<ClassLabel, Counter>,
@@ -28,63 +33,112 @@ pub struct Metrics {
     pub bytes_out: Counter,
     pub upstream_errors: Family<ReasonLabel, Counter>,
     pub registrations_without_identity: Counter,
+    pub uploads: Family<ResultLabel, Counter>,
+    pub stored_bytes: Counter,
+    pub handles_live: Gauge,
+    pub signature_failures: Family<ReasonLabel, Counter>,
+    pub storage_free_bytes: Gauge,
+    pub retention_files: Counter,
+    pub retention_bytes: Counter,
+}
+
+/// Registers a metric and hands back the handle to update it.
+fn add<M: prometheus_client::registry::Metric + Clone>(
+    registry: &mut Registry,
+    name: &str,
+    help: &str,
+    metric: M,
+) -> M {
+    registry.register(name, help, metric.clone());
+    metric
 }
 
 impl Metrics {
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("upgate");
-        let requests = Family::<ClassLabel, Counter>::default();
-        registry.register(
-            "requests",
-            "Requests answered, by status class",
-            requests.clone(),
-        );
-        let in_flight = Gauge::default();
-        registry.register(
-            "requests_in_flight",
-            "Requests being handled now",
-            in_flight.clone(),
-        );
-        // 0.5 ms .. ~16 s
-        let upstream_latency = Histogram::new(exponential_buckets(0.0005, 2.0, 16));
-        registry.register(
-            "upstream_latency_seconds",
-            "Time from sending a request upstream to its response headers",
-            upstream_latency.clone(),
-        );
-        let bytes_in = Counter::default();
-        registry.register(
-            "received_bytes",
-            "Request body bytes received from clients",
-            bytes_in.clone(),
-        );
-        let bytes_out = Counter::default();
-        registry.register(
-            "sent_bytes",
-            "Response body bytes sent to clients",
-            bytes_out.clone(),
-        );
-        let upstream_errors = Family::<ReasonLabel, Counter>::default();
-        registry.register(
-            "upstream_errors",
-            "Upstream failures, by reason (unreachable, timeout, bad_directive)",
-            upstream_errors.clone(),
-        );
-        let registrations_without_identity = Counter::default();
-        registry.register(
-            "registrations_without_identity",
-            "X-Upgate-Register directives for requests with no identity (no handle issued)",
-            registrations_without_identity.clone(),
-        );
+        let mut r = Registry::with_prefix("upgate");
+        let reg = &mut r;
         Self {
-            registry,
-            registrations_without_identity,
-            requests,
-            in_flight,
-            upstream_latency,
-            bytes_in,
-            bytes_out,
-            upstream_errors,
+            requests: add(
+                reg,
+                "requests",
+                "Requests answered, by status class",
+                Family::default(),
+            ),
+            in_flight: add(
+                reg,
+                "requests_in_flight",
+                "Requests being handled now",
+                Gauge::default(),
+            ),
+            // 0.5 ms .. ~16 s
+            upstream_latency: add(
+                reg,
+                "upstream_latency_seconds",
+                "Time from sending a request upstream to its response headers",
+                Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
+            ),
+            bytes_in: add(
+                reg,
+                "received_bytes",
+                "Request body bytes received from clients",
+                Counter::default(),
+            ),
+            bytes_out: add(
+                reg,
+                "sent_bytes",
+                "Response body bytes sent to clients",
+                Counter::default(),
+            ),
+            upstream_errors: add(
+                reg,
+                "upstream_errors",
+                "Upstream failures, by reason (bad_directive)",
+                Family::default(),
+            ),
+            registrations_without_identity: add(
+                reg,
+                "registrations_without_identity",
+                "X-Upgate-Register directives for requests with no identity (no handle issued)",
+                Counter::default(),
+            ),
+            uploads: add(
+                reg,
+                "uploads",
+                "Upload requests (API, intercepts, slots), by result: accepted or the error code",
+                Family::default(),
+            ),
+            stored_bytes: add(
+                reg,
+                "stored_bytes",
+                "Bytes of files accepted and stored",
+                Counter::default(),
+            ),
+            handles_live: add(reg, "handles_live", "Live upload handles", Gauge::default()),
+            signature_failures: add(
+                reg,
+                "signature_failures",
+                "Signed URLs refused, by reason (bad_signature, expired, ttl_too_long)",
+                Family::default(),
+            ),
+            storage_free_bytes: add(
+                reg,
+                "storage_free_bytes",
+                "Free bytes on the filesystem of storage.root",
+                Gauge::default(),
+            ),
+            retention_files: add(
+                reg,
+                "retention_removed_files",
+                "Files removed by retention",
+                Counter::default(),
+            ),
+            retention_bytes: add(
+                reg,
+                "retention_removed_bytes",
+                "Bytes of files removed by retention",
+                Counter::default(),
+            ),
+            registry: r,
         }
     }
 

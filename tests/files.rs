@@ -474,7 +474,8 @@ async fn routes_own_their_prefix_only() {
 
 /// Puts a stored file in the index and on disk, as the upload API will.
 fn store_file(gw: &TestGateway, id: &str, name: &str, bytes: &[u8]) {
-    let store = &gw.running().gateway.store;
+    let gateway = gw.running().gateway();
+    let store = &gateway.store;
     let path = store.blob_path(id);
     std::fs::create_dir_all(path.parent().expect("shard")).expect("mkdir");
     std::fs::write(&path, bytes).expect("blob");
@@ -490,12 +491,7 @@ fn store_file(gw: &TestGateway, id: &str, name: &str, bytes: &[u8]) {
         sha256: hex::encode(ring::digest::digest(&ring::digest::SHA256, bytes)),
         created: now(),
     };
-    gw.running()
-        .gateway
-        .store
-        .db
-        .add_files(&[record])
-        .expect("index");
+    store.db.add_files(&[record]).expect("index");
 }
 
 #[tokio::test]

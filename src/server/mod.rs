@@ -21,9 +21,11 @@ use tokio::sync::{mpsc, watch};
 use tokio_rustls::TlsAcceptor;
 
 use crate::body::Body;
+use arc_swap::ArcSwap;
+
 use crate::config::{Config, ControlListen};
 use crate::control::Control;
-use crate::gateway::{Conn, Gateway};
+use crate::gateway::{Conn, Gateway, Live};
 
 /// Requests in flight on one connection and when the last one ended: what the idle timeout looks at.
 pub struct Activity {
@@ -132,13 +134,51 @@ pub struct Running {
     pub https: Vec<SocketAddr>,
     /// The control listener's address, when it is TCP.
     pub control: Option<SocketAddr>,
-    pub gateway: Arc<Gateway>,
+    live: Live,
+    tls: Option<Arc<ArcSwap<TlsAcceptor>>>,
     shutdown: watch::Sender<bool>,
     alive: mpsc::Sender<()>,
     drained: mpsc::Receiver<()>,
 }
 
 impl Running {
+    /// The gateway in force now.
+    pub fn gateway(&self) -> Arc<Gateway> {
+        self.live.load_full()
+    }
+
+    /// Puts a new config and key in force for every request that starts from now on (SIGHUP),
+    /// and a new TLS certificate for every new connection. Listeners, timeouts of the connection
+    /// loop and `storage.root` stay as they were started; a change to them is reported.
+    pub fn reload(&self, config: Config, key: &[u8]) -> anyhow::Result<()> {
+        let old = self.live.load_full();
+        if config.storage_root != old.config.storage_root {
+            anyhow::bail!("storage.root cannot change without a restart");
+        }
+        let tls = match (&config.server.tls, &self.tls) {
+            (Some(t), Some(_)) => Some(tls::acceptor(&t.cert, &t.key)?),
+            (None, None) => None,
+            _ => anyhow::bail!("adding or removing TLS listeners needs a restart"),
+        };
+        let (a, b) = (&config.server, &old.config.server);
+        if a.listen != b.listen
+            || a.header_timeout != b.header_timeout
+            || a.idle_timeout != b.idle_timeout
+            || config.control != old.config.control
+        {
+            tracing::warn!(
+                "listeners, server timeouts and control.listen keep their old values until a restart"
+            );
+        }
+        if let (Some(cell), Some(acceptor)) = (&self.tls, tls) {
+            cell.store(Arc::new(acceptor));
+        }
+        self.live.store(Arc::new(
+            old.reloaded(config, crate::signing::Secret::new(key)),
+        ));
+        Ok(())
+    }
+
     /// Asks the server to stop without waiting (what dropping a test gateway does).
     pub fn stop(&self) {
         let _ = self.shutdown.send(true);
@@ -185,14 +225,13 @@ struct Shared {
 }
 
 /// Starts serving on the bound sockets.
-pub fn start(
-    gateway: Arc<Gateway>,
-    control: Arc<Control>,
-    bound: Bound,
-) -> anyhow::Result<Running> {
+pub fn start(live: Live, control: Arc<Control>, bound: Bound) -> anyhow::Result<Running> {
+    let gateway = live.load_full();
     let config = &gateway.config;
     let tls = match &config.server.tls {
-        Some(t) => Some(tls::acceptor(&t.cert, &t.key)?),
+        Some(t) => Some(Arc::new(ArcSwap::from_pointee(tls::acceptor(
+            &t.cert, &t.key,
+        )?))),
         None => None,
     };
     let (shutdown_tx, shutdown) = watch::channel(false);
@@ -217,19 +256,14 @@ pub fn start(
         .collect::<anyhow::Result<Vec<_>>>()?;
     for listener in bound.http {
         tracing::info!(kind = "http", addr = %addr(&listener)?, "listening");
-        tokio::spawn(accept_public(
-            listener,
-            None,
-            gateway.clone(),
-            shared.clone(),
-        ));
+        tokio::spawn(accept_public(listener, None, live.clone(), shared.clone()));
     }
     for listener in bound.https {
         tracing::info!(kind = "https", addr = %addr(&listener)?, "listening");
         tokio::spawn(accept_public(
             listener,
             tls.clone(),
-            gateway.clone(),
+            live.clone(),
             shared.clone(),
         ));
     }
@@ -250,7 +284,8 @@ pub fn start(
         http,
         https,
         control: control_addr,
-        gateway,
+        live,
+        tls,
         shutdown: shutdown_tx,
         alive,
         drained,
@@ -271,8 +306,8 @@ fn builder(header_timeout: Duration) -> auto::Builder<TokioExecutor> {
 
 async fn accept_public(
     listener: TcpListener,
-    tls: Option<TlsAcceptor>,
-    gateway: Arc<Gateway>,
+    tls: Option<Arc<ArcSwap<TlsAcceptor>>>,
+    live: Live,
     shared: Shared,
 ) {
     let mut shutdown = shared.shutdown.clone();
@@ -285,7 +320,8 @@ async fn accept_public(
             },
         };
         let _ = stream.set_nodelay(true);
-        let (gateway, shared, tls) = (gateway.clone(), shared.clone(), tls.clone());
+        let (live, shared) = (live.clone(), shared.clone());
+        let tls = tls.as_ref().map(|cell| cell.load_full());
         tokio::spawn(async move {
             let activity = Arc::new(Activity::new());
             let conn = Conn {
@@ -294,7 +330,7 @@ async fn accept_public(
                 activity: activity.clone(),
             };
             let svc = move |req| {
-                let (gateway, conn) = (gateway.clone(), conn.clone());
+                let (gateway, conn) = (live.load_full(), conn.clone());
                 async move { Ok::<_, std::convert::Infallible>(gateway.serve(req, conn).await) }
             };
             match tls {

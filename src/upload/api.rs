@@ -104,6 +104,7 @@ async fn upload(gw: &Gateway, req: Request<Body>, session: &Session) -> Result<R
         tokio::task::spawn_blocking(move || commit(&store, &owner, ingested, Some(quota)))
             .await
             .map_err(|e| Error::internal("the commit thread failed", e))??;
+    gw.count_accepted(&records);
     let described: Vec<_> = records.iter().map(|f| describe(gw, f)).collect();
     let first = &described[0];
     Ok(body::json(

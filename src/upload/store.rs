@@ -24,6 +24,9 @@ impl Store {
             fs::create_dir_all(dir)
                 .with_context(|| format!("storage.root: cannot create {}", dir.display()))?;
         }
+        // The database first: its lock proves no other upgate uses this root, whose temp files it would take.
+        let db = Db::open(&state.join("upgate.redb"))
+            .context("storage.root: opening the state database")?;
         let mut removed = 0u64;
         for entry in fs::read_dir(&tmp)
             .with_context(|| format!("storage.root: cannot read {}", tmp.display()))?
@@ -39,8 +42,6 @@ impl Store {
         if removed > 0 {
             tracing::info!(removed, "emptied the temp area");
         }
-        let db = Db::open(&state.join("upgate.redb"))
-            .context("storage.root: opening the state database")?;
         Ok(Store { files, tmp, db })
     }
 

@@ -1,4 +1,7 @@
-//! The control API on its own listener (SPEC §8): health, readiness and metrics.
+//! The control API on its own listener (SPEC §8): handles, sessions, files, signing, retention,
+//! health, readiness and metrics.
+
+pub mod client;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -15,23 +18,31 @@ use crate::config::{parse_duration, parse_size};
 use crate::db::Limits;
 use crate::error::{Error, Kind, Result};
 use crate::files::signed::sign_path;
-use crate::gateway::Gateway;
+use crate::gateway::{Gateway, Live};
 use crate::proxy::{directives, unix_now};
 use crate::upload;
 
 /// The control listener's service.
 pub struct Control {
+    live: Live,
+}
+
+/// One control request, against the gateway in force when it arrived.
+struct Api {
     gateway: Arc<Gateway>,
 }
 
 impl Control {
-    pub fn new(gateway: Arc<Gateway>) -> Self {
-        Self { gateway }
+    pub fn new(live: Live) -> Self {
+        Self { live }
     }
 
     /// The control service: never fails; errors become the JSON of SPEC.md.
     pub async fn serve(&self, req: Request<Incoming>) -> Response<Body> {
-        match self.route(req).await {
+        let api = Api {
+            gateway: self.live.load_full(),
+        };
+        match api.route(req).await {
             Ok(res) => res,
             Err(e) => {
                 tracing::info!(error = %e, "control request refused");
@@ -39,7 +50,9 @@ impl Control {
             }
         }
     }
+}
 
+impl Api {
     async fn route(&self, req: Request<Incoming>) -> Result<Response<Body>> {
         let path = req.uri().path().to_string();
         let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
@@ -50,6 +63,9 @@ impl Control {
             (_, ["metrics"]) if read => Ok(self.metrics()),
             (Method::POST, ["v1", "handles"]) => self.register(req).await,
             (Method::POST, ["v1", "sign"]) => self.sign(req).await,
+            (Method::POST, ["v1", "gc"]) => {
+                self.gc(req.uri().query() == Some("dry_run=true")).await
+            }
             (Method::DELETE, ["v1", "sessions", token]) => self.end_session(&decode(token)?).await,
             (Method::GET, ["v1", "sessions", token, "files"]) => {
                 self.session_files(&decode(token)?).await
@@ -119,6 +135,28 @@ impl Control {
         )
         .map_err(bad)?;
         Ok(body::json(StatusCode::OK, &json!({ "url": url })))
+    }
+
+    /// `POST /v1/gc[?dry_run=true]`: a retention sweep now (what `upgate gc` asks for).
+    async fn gc(&self, dry_run: bool) -> Result<Response<Body>> {
+        let gw = self.gateway.clone();
+        let report = blocking(move || {
+            crate::retention::sweep(
+                &gw.store,
+                Some(&gw.registry),
+                &gw.config,
+                unix_now(),
+                dry_run,
+            )
+        })
+        .await?;
+        if !dry_run {
+            crate::retention::record(&self.gateway, &report);
+        }
+        Ok(body::json(
+            StatusCode::OK,
+            &serde_json::to_value(&report).unwrap_or_default(),
+        ))
     }
 
     /// `DELETE /v1/sessions/<token>`: handles ended, files removed.
