@@ -4,6 +4,7 @@ mod demo;
 mod files;
 mod intercepts;
 mod lifecycle;
+mod operations;
 mod proxy;
 mod tls;
 mod uploads;

@@ -245,6 +245,20 @@ async fn upstream_route(
     if path == "/ws" {
         return Ok(websocket_echo(req));
     }
+    if path == "/reset" {
+        // Headers and 64 KiB of a promised 1 MiB, then the connection breaks.
+        use futures_util::StreamExt;
+        let first = futures_util::stream::iter([Ok(http_body::Frame::data(binary_chunk()))]);
+        let broken = futures_util::stream::once(async {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            Err(std::io::Error::other("reset"))
+        });
+        let body = upgate::body::boxed(http_body_util::StreamBody::new(first.chain(broken)));
+        let mut res = Response::new(body);
+        res.headers_mut()
+            .insert("content-length", "1048576".parse().expect("value"));
+        return Ok(res);
+    }
     if path == "/accel" {
         return Ok(accel_reply(req.uri().query().unwrap_or("")));
     }
@@ -451,6 +465,19 @@ impl TestGateway {
         }
     }
 
+    /// Stops this gateway, waits for it to drain (and let go of its storage); keeps its folder.
+    pub async fn stop(mut self) -> tempfile::TempDir {
+        let running = self.running.take().expect("running");
+        assert!(
+            within(30, running.drain(Duration::from_secs(20))).await,
+            "drained"
+        );
+        std::mem::replace(
+            &mut self.dir,
+            tempfile::TempDir::new().expect("placeholder"),
+        )
+    }
+
     /// Stops this gateway, waits for it to drain, and starts a new one on the same storage and secret.
     pub async fn restart(mut self, upstream: &str) -> Self {
         let running = self.running.take().expect("running");
@@ -561,6 +588,8 @@ pub fn client_key(value: &str) -> String {
 pub struct Spawned {
     pub child: std::process::Child,
     pub addr: SocketAddr,
+    /// The TLS listener, when the config has one (logged before the control listener).
+    pub https: Option<SocketAddr>,
     pub control: SocketAddr,
     pub log: Arc<std::sync::Mutex<String>>,
 }
@@ -590,7 +619,7 @@ impl Spawned {
                 sink.lock().expect("log").push_str(&(line + "\n"));
             }
         });
-        let (mut addr, mut control) = (None, None);
+        let (mut addr, mut https, mut control) = (None, None, None);
         while addr.is_none() || control.is_none() {
             let line = rx
                 .recv_timeout(Duration::from_secs(20))
@@ -601,6 +630,8 @@ impl Spawned {
                 .and_then(|a| a.parse().ok());
             if line.contains("kind=\"http\"") {
                 addr = found;
+            } else if line.contains("kind=\"https\"") {
+                https = found;
             } else if line.contains("kind=\"control\"") {
                 control = found;
             }
@@ -608,6 +639,7 @@ impl Spawned {
         Self {
             child,
             addr: addr.expect("addr"),
+            https,
             control: control.expect("control"),
             log,
         }
