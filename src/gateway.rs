@@ -10,6 +10,7 @@ use hyper::body::Incoming;
 use crate::access::Exchange;
 use crate::body::{self, Body, Counted};
 use crate::config::{Config, IdentitySource};
+use crate::cors;
 use crate::error::{Error, Fault, Kind, Result};
 use crate::files::{self, paths};
 use crate::handles::Registry;
@@ -65,6 +66,8 @@ pub struct Ctx {
     pub issued_cookie: Option<String>,
     /// Set by the upload routes, whose errors carry `"accepted": false`.
     pub upload_api: bool,
+    /// An allowed CORS origin of a request to upgate's own routes (cleared for upstream ones).
+    pub cors_origin: Option<HeaderValue>,
     pub exchange: Arc<Exchange>,
 }
 
@@ -123,7 +126,15 @@ impl Gateway {
     /// The phases, in order; the first that owns the request answers it.
     async fn dispatch(&self, req: Request<Body>, ctx: &mut Ctx) -> Result<Response<Body>> {
         let path = req.uri().path().to_string();
-        match self.route(&path, &req) {
+        let route = self.route(&path, &req);
+        if matches!(route, Route::Upstream) {
+            ctx.cors_origin = None;
+        } else if let Some(origin) = &ctx.cors_origin
+            && cors::is_preflight(req.method(), req.headers())
+        {
+            return Ok(cors::preflight(origin.clone()));
+        }
+        match route {
             Route::Uploads(rest) => upload::api::route(self, req, ctx, rest).await,
             Route::Slot => intercept::slot(self, req, ctx).await,
             Route::Intercept(route) => intercept::intercepted(self, req, ctx, route).await,
@@ -326,6 +337,7 @@ impl Gateway {
             client,
             issued_cookie: None,
             upload_api: false,
+            cors_origin: cors::allowed_origin(req.headers(), &self.config.cors_origins),
             exchange,
         }
     }
@@ -341,6 +353,9 @@ impl Gateway {
             && let Some(v) = identity::issued_cookie(name, value, ctx.tls)
         {
             parts.headers.append(SET_COOKIE, v);
+        }
+        if let Some(origin) = ctx.cors_origin.clone() {
+            cors::decorate(&mut parts.headers, origin);
         }
         ctx.exchange.set_status(parts.status);
         let body = body::boxed(Counted::new(

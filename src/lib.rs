@@ -10,6 +10,7 @@ pub mod body;
 pub mod cli;
 pub mod config;
 pub mod control;
+pub mod cors;
 pub mod db;
 pub mod demo;
 pub mod error;

@@ -1000,3 +1000,68 @@ async fn a_full_disk_is_507_and_leaves_nothing() {
     let (status, _) = b.upload(&[("f", Some("small.pdf"), &pdf())]).await;
     assert_eq!(status, StatusCode::OK, "and the disk is usable again");
 }
+
+#[tokio::test]
+async fn cors_for_listed_origins_on_upgates_own_routes() {
+    let up = TestUpstream::start().await;
+    let gw = TestGateway::start(
+        &up.url(),
+        "[cors]\nallow_origins = [\"https://app.example\"]\n",
+    )
+    .await;
+    let b = register(&gw, "cors").await;
+    let preflight = Request::builder()
+        .method("OPTIONS")
+        .uri(gw.url("/uploads"))
+        .header("origin", "https://app.example")
+        .header("access-control-request-method", "POST")
+        .header("access-control-request-headers", "x-upload-handle")
+        .body(upgate::body::empty())
+        .expect("req");
+    let (res, _) = send(preflight).await;
+    assert_eq!(res.status, StatusCode::NO_CONTENT);
+    assert_eq!(
+        res.headers["access-control-allow-origin"],
+        "https://app.example"
+    );
+    assert_eq!(res.headers["access-control-allow-credentials"], "true");
+    assert!(
+        res.headers["access-control-allow-headers"]
+            .to_str()
+            .expect("ascii")
+            .contains("X-Upload-Handle")
+    );
+
+    let req = b
+        .request("GET", "/uploads")
+        .header("origin", "https://app.example")
+        .body(upgate::body::empty())
+        .expect("req");
+    let (res, _) = send(req).await;
+    assert_eq!(
+        res.headers["access-control-allow-origin"],
+        "https://app.example"
+    );
+    assert!(
+        res.headers["access-control-expose-headers"]
+            .to_str()
+            .expect("ascii")
+            .contains("X-Upload-Handle")
+    );
+
+    for (origin, path) in [
+        ("https://evil.example", "/uploads"),
+        ("https://app.example", "/app/page"),
+    ] {
+        let req = b
+            .request("GET", path)
+            .header("origin", origin)
+            .body(upgate::body::empty())
+            .expect("req");
+        let (res, _) = send(req).await;
+        assert!(
+            !res.headers.contains_key("access-control-allow-origin"),
+            "{origin} {path}"
+        );
+    }
+}
