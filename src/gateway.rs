@@ -8,6 +8,7 @@ use http::{HeaderValue, Request, Response};
 use hyper::body::Incoming;
 
 use crate::access::Exchange;
+use crate::assets;
 use crate::body::{self, Body, Counted};
 use crate::config::{Config, IdentitySource};
 use crate::cors;
@@ -38,6 +39,7 @@ pub struct Gateway {
 
 /// The phase a request belongs to, with the path after its route.
 enum Route<'a> {
+    Assets(&'a str),
     Uploads(&'a str),
     Slot,
     Intercept(&'a crate::config::Intercept),
@@ -135,6 +137,7 @@ impl Gateway {
             return Ok(cors::preflight(origin.clone()));
         }
         match route {
+            Route::Assets(rest) => assets::serve(req.method(), rest),
             Route::Uploads(rest) => upload::api::route(self, req, ctx, rest).await,
             Route::Slot => intercept::slot(self, req, ctx).await,
             Route::Intercept(route) => intercept::intercepted(self, req, ctx, route).await,
@@ -147,6 +150,9 @@ impl Gateway {
     /// Which phase owns a path; a route owns itself and what is below it (`/files/...`, not `/filesystem`).
     fn route<'a>(&'a self, path: &'a str, req: &Request<Body>) -> Route<'a> {
         let (uploads, files) = (&self.config.uploads, &self.config.files);
+        if let Some(rest) = paths::route_rest(path, "/_upgate") {
+            return Route::Assets(rest);
+        }
         if let Some(rest) = paths::route_rest(path, &uploads.route) {
             return Route::Uploads(rest);
         }

@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod access;
+pub mod assets;
 pub mod body;
 pub mod cli;
 pub mod config;

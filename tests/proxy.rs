@@ -345,3 +345,26 @@ async fn control_health_readiness_and_metrics() {
     .await;
     assert_eq!(res.status, StatusCode::NOT_FOUND);
 }
+
+#[tokio::test]
+async fn the_upgate_prefix_is_never_forwarded() {
+    let up = TestUpstream::start().await;
+    let gw = TestGateway::start(&up.url(), "").await;
+    let (res, body) = get(&gw.url("/_upgate/uploader.js")).await;
+    assert_eq!(res.status, StatusCode::OK);
+    assert!(
+        res.headers["content-type"]
+            .to_str()
+            .expect("ascii")
+            .starts_with("text/javascript")
+    );
+    assert!(String::from_utf8_lossy(&body).contains("export function upload"));
+    let (res, body) = get(&gw.url("/_upgate/secret-admin")).await;
+    assert_eq!(res.status, StatusCode::NOT_FOUND);
+    assert_eq!(json(&body)["error"], "not_found");
+    assert_eq!(
+        up.hits(),
+        0,
+        "nothing under /_upgate/ reached the application"
+    );
+}
