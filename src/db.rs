@@ -35,6 +35,17 @@ fn db_err(e: impl std::fmt::Display) -> DbError {
 
 pub type Result<T> = std::result::Result<T, DbError>;
 
+/// Runs state-database work (whose commits fsync) on the blocking pool, off the async workers.
+pub async fn off_thread<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> crate::error::Result<T> {
+    use crate::error::Error;
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::internal("a storage thread failed", e))?
+        .map_err(|e| Error::internal("the state database", e))
+}
+
 /// A live handle: which session of which client it stands for, and until when.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct HandleRecord {

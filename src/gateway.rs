@@ -12,6 +12,7 @@ use crate::assets;
 use crate::body::{self, Body, Counted};
 use crate::config::{Config, IdentitySource};
 use crate::cors;
+use crate::db::off_thread;
 use crate::error::{Error, Fault, Kind, Result};
 use crate::files::{self, paths};
 use crate::handles::Registry;
@@ -229,7 +230,7 @@ impl Gateway {
         })?;
         for token in found.revoke {
             let (registry, store) = (self.registry.clone(), self.store.clone());
-            blocking(move || registry.revoke(&store.db, &token)).await?;
+            off_thread(move || registry.revoke(&store.db, &token)).await?;
         }
         let Some(register) = found.register else {
             return Ok(());
@@ -240,7 +241,7 @@ impl Gateway {
             return Ok(());
         };
         let (registry, store) = (self.registry.clone(), self.store.clone());
-        let (handle, _) = blocking(move || {
+        let (handle, _) = off_thread(move || {
             registry.register(
                 &store.db,
                 &register.token,
@@ -371,16 +372,6 @@ impl Gateway {
         ));
         Response::from_parts(parts, body)
     }
-}
-
-/// Runs state-database work off the async workers.
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> std::result::Result<T, crate::db::DbError> + Send + 'static,
-) -> Result<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| Error::internal("a storage thread failed", e))?
-        .map_err(|e| Error::internal("the state database", e))
 }
 
 fn log_error(ctx: &Ctx, e: &Error) {

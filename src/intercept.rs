@@ -104,10 +104,7 @@ pub async fn slot(gw: &Gateway, req: Request<Body>, ctx: &mut Ctx) -> Result<Res
     let policy = policy(&accept, max_bytes, cfg.max_session_files);
     let sig = signed.sig().to_string();
     let (store, key, expires) = (gw.store.clone(), sig.clone(), signed.expires);
-    let fresh = tokio::task::spawn_blocking(move || store.db.use_slot(&key, expires))
-        .await
-        .map_err(|e| Error::internal("a storage thread failed", e))?
-        .map_err(|e| Error::internal("the state database", e))?;
+    let fresh = crate::db::off_thread(move || store.db.use_slot(&key, expires)).await?;
     if !fresh {
         return Err(Error::new(Kind::SlotUsed, "this upload slot has been used"));
     }

@@ -239,3 +239,39 @@ async fn idle_connections_are_closed() {
         String::from_utf8_lossy(&got)
     );
 }
+
+#[tokio::test]
+async fn control_on_a_private_unix_socket() {
+    use std::os::unix::fs::PermissionsExt;
+    let up = TestUpstream::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_secret(dir.path());
+    let socket = dir.path().join("run/control.sock");
+    let text = config_text(dir.path(), &up.url(), "").replace(
+        "listen = \"127.0.0.1:0\"",
+        &format!("listen = \"unix:{}\"", socket.display()),
+    );
+    let config = upgate::config::Config::from_file(
+        upgate::config::parse_file(&text).expect("parse"),
+        dir.path(),
+    )
+    .expect("config");
+    let running = within(10, upgate::cli::start(config)).await.expect("start");
+    assert!(running.control.is_none());
+    let mode = std::fs::metadata(&socket)
+        .expect("socket")
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600, "only its owner may talk to the control API");
+    let listen = upgate::config::ControlListen::Unix(socket);
+    let (status, body) = within(
+        10,
+        upgate::control::client::post(&listen, "/v1/gc?dry_run=true"),
+    )
+    .await
+    .expect("control answers");
+    assert_eq!(status, StatusCode::OK, "{body:?}");
+    assert_eq!(json(&body)["dry_run"], true);
+    running.stop();
+}

@@ -16,6 +16,7 @@ use crate::body::{self, Body};
 use crate::config::file::Size;
 use crate::config::{parse_duration, parse_size};
 use crate::db::Limits;
+use crate::db::off_thread;
 use crate::error::{Error, Kind, Result};
 use crate::files::signed::sign_path;
 use crate::gateway::{Gateway, Live};
@@ -103,7 +104,7 @@ impl Api {
         }
         let limits = r.limits()?;
         let gw = self.gateway.clone();
-        let (handle, expires_at) = blocking(move || {
+        let (handle, expires_at) = off_thread(move || {
             gw.registry
                 .register(&gw.store.db, &token, &r.client, limits, unix_now())
         })
@@ -140,7 +141,7 @@ impl Api {
     /// `POST /v1/gc[?dry_run=true]`: a retention sweep now (what `upgate gc` asks for).
     async fn gc(&self, dry_run: bool) -> Result<Response<Body>> {
         let gw = self.gateway.clone();
-        let report = blocking(move || {
+        let report = off_thread(move || {
             crate::retention::sweep(
                 &gw.store,
                 Some(&gw.registry),
@@ -163,7 +164,7 @@ impl Api {
     async fn end_session(&self, token: &str) -> Result<Response<Body>> {
         let gw = self.gateway.clone();
         let token = token.to_string();
-        blocking(move || {
+        off_thread(move || {
             gw.registry.revoke(&gw.store.db, &token)?;
             gw.registry.forget_session(&token);
             let files = gw.store.db.remove_session(&token)?;
@@ -177,7 +178,7 @@ impl Api {
     async fn session_files(&self, token: &str) -> Result<Response<Body>> {
         let gw = self.gateway.clone();
         let token = token.to_string();
-        let files = blocking(move || gw.store.db.session_files(&token)).await?;
+        let files = off_thread(move || gw.store.db.session_files(&token)).await?;
         let described: Vec<_> = files
             .iter()
             .map(|f| upload::describe(&self.gateway, f))
@@ -325,13 +326,4 @@ fn no_content() -> Response<Body> {
 
 fn rfc3339(unix: u64) -> String {
     humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(unix)).to_string()
-}
-
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> std::result::Result<T, crate::db::DbError> + Send + 'static,
-) -> Result<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| Error::internal("a storage thread failed", e))?
-        .map_err(|e| Error::internal("the state database", e))
 }

@@ -267,19 +267,18 @@ pub fn start(live: Live, control: Arc<Control>, bound: Bound) -> anyhow::Result<
             shared.clone(),
         ));
     }
-    let control_addr = match bound.control {
+    let control_addr = match &bound.control {
         ControlSocket::Tcp(listener) => {
-            let a = addr(&listener)?;
+            let a = addr(listener)?;
             tracing::info!(kind = "control", addr = %a, "listening");
-            tokio::spawn(accept_control_tcp(listener, control, shared.clone()));
             Some(a)
         }
-        ControlSocket::Unix(listener, path) => {
+        ControlSocket::Unix(_, path) => {
             tracing::info!(kind = "control", addr = %path.display(), "listening");
-            tokio::spawn(accept_control_unix(listener, control, shared.clone()));
             None
         }
     };
+    tokio::spawn(accept_control(bound.control, control, shared.clone()));
     Ok(Running {
         http,
         https,
@@ -348,31 +347,36 @@ async fn accept_public(
     }
 }
 
-async fn accept_control_tcp(listener: TcpListener, control: Arc<Control>, shared: Shared) {
+async fn accept_control(socket: ControlSocket, control: Arc<Control>, shared: Shared) {
     let mut shutdown = shared.shutdown.clone();
     loop {
-        let stream = tokio::select! {
+        let accepted = tokio::select! {
             _ = stopped(&mut shutdown) => return,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(e) => { accept_failed(e).await; continue; }
-            },
+            accepted = socket.accept() => accepted,
         };
-        tokio::spawn(serve_control(stream, control.clone(), shared.clone()));
+        let (control, shared) = (control.clone(), shared.clone());
+        match accepted {
+            Ok(Accepted::Tcp(stream)) => tokio::spawn(serve_control(stream, control, shared)),
+            Ok(Accepted::Unix(stream)) => tokio::spawn(serve_control(stream, control, shared)),
+            Err(e) => {
+                accept_failed(e).await;
+                continue;
+            }
+        };
     }
 }
 
-async fn accept_control_unix(listener: UnixListener, control: Arc<Control>, shared: Shared) {
-    let mut shutdown = shared.shutdown.clone();
-    loop {
-        let stream = tokio::select! {
-            _ = stopped(&mut shutdown) => return,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(e) => { accept_failed(e).await; continue; }
-            },
-        };
-        tokio::spawn(serve_control(stream, control.clone(), shared.clone()));
+enum Accepted {
+    Tcp(tokio::net::TcpStream),
+    Unix(tokio::net::UnixStream),
+}
+
+impl ControlSocket {
+    async fn accept(&self) -> std::io::Result<Accepted> {
+        match self {
+            ControlSocket::Tcp(l) => l.accept().await.map(|(s, _)| Accepted::Tcp(s)),
+            ControlSocket::Unix(l, _) => l.accept().await.map(|(s, _)| Accepted::Unix(s)),
+        }
     }
 }
 

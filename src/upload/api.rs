@@ -185,15 +185,12 @@ fn no_content() -> Response<Body> {
     res
 }
 
-/// Runs database work off the async workers.
+/// Runs database work off the async workers, with the store at hand.
 pub async fn blocking<T, F>(gw: &Gateway, f: F) -> Result<T>
 where
     T: Send + 'static,
     F: FnOnce(&super::store::Store) -> std::result::Result<T, crate::db::DbError> + Send + 'static,
 {
     let store: Arc<super::store::Store> = gw.store.clone();
-    tokio::task::spawn_blocking(move || f(&store))
-        .await
-        .map_err(|e| Error::internal("a storage thread failed", e))?
-        .map_err(|e| Error::internal("the state database", e))
+    crate::db::off_thread(move || f(&store)).await
 }
