@@ -93,11 +93,14 @@ fn check(path: &std::path::Path) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Starts everything the config asks for, then serves until SIGTERM or SIGINT and drains.
+/// Starts everything the config asks for, then serves until SIGTERM or SIGINT and drains;
+/// systemd hears READY=1 once every listener accepts and STOPPING=1 when the drain begins.
 pub async fn serve(config: Config) -> anyhow::Result<()> {
     let grace = config.server.shutdown_grace;
     let running = start(config).await?;
+    server::notify::ready();
     shutdown_signal().await?;
+    server::notify::stopping();
     tracing::info!(grace = ?grace, "shutting down: finishing requests in flight");
     if running.drain(grace).await {
         tracing::info!("drained");
