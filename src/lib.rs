@@ -20,4 +20,6 @@ pub mod metrics;
 pub mod proxy;
 pub mod server;
 pub mod signing;
+#[cfg(test)]
+mod testing;
 pub mod upload;
