@@ -164,11 +164,13 @@ fn sign(
     Ok(ExitCode::SUCCESS)
 }
 
-/// Starts everything the config asks for, then serves until SIGTERM or SIGINT and drains.
+/// Starts everything the config asks for, then serves until SIGTERM or SIGINT and drains;
+/// systemd hears READY=1 once every listener accepts and STOPPING=1 when the drain begins.
 /// SIGHUP re-reads `path` and puts it in force; an invalid config is refused and the old one stays.
 pub async fn serve(config: Config, path: &std::path::Path) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let running = start(config).await?;
+    server::notify::ready();
     let mut hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
     let stop = shutdown_signal();
     tokio::pin!(stop);
@@ -178,6 +180,7 @@ pub async fn serve(config: Config, path: &std::path::Path) -> anyhow::Result<()>
             _ = hup.recv() => reload(&running, path),
         }
     }
+    server::notify::stopping();
     let grace = running.gateway().config.server.shutdown_grace;
     tracing::info!(grace = ?grace, "shutting down: finishing requests in flight");
     if running.drain(grace).await {
@@ -189,6 +192,7 @@ pub async fn serve(config: Config, path: &std::path::Path) -> anyhow::Result<()>
 }
 
 fn reload(running: &server::Running, path: &std::path::Path) {
+    server::notify::reloading();
     let attempt = Config::load(path)
         .map_err(anyhow::Error::from)
         .and_then(|config| {

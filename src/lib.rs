@@ -25,4 +25,6 @@ pub mod proxy;
 pub mod retention;
 pub mod server;
 pub mod signing;
+#[cfg(test)]
+mod testing;
 pub mod upload;

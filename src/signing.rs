@@ -382,6 +382,7 @@ fn parse_digits(s: &str) -> Option<u64> {
 #[allow(clippy::unwrap_used)] // tests may unwrap: a panic is the failure report
 mod tests {
     use super::*;
+    use crate::testing::XorShift;
 
     const KEY: &[u8] = b"0123456789abcdef0123456789abcdef";
     const ID: &str = "0b6e2f5e-7c1a-4c1b-9d1e-3f2a1b0c9d8e";
@@ -744,6 +745,71 @@ mod tests {
             s.verify_url("GET", PATH, Some(&raw), NOW, TTL),
             Err(UrlError::BadSignature)
         );
+    }
+
+    /// One random change of a signed URL's bytes or of the method (the fuzz target
+    /// `signed_url` does the same from libFuzzer's input).
+    fn mutate(rng: &mut XorShift, method: &str, url: &str) -> (String, String) {
+        const METHODS: &[&str] = &["GET", "HEAD", "POST", "PUT", "get", "DELETE"];
+        let visible = |rng: &mut XorShift| char::from(b'!' + rng.below(94) as u8);
+        let mut url: Vec<char> = url.chars().collect();
+        let mut method = method.to_owned();
+        let len = url.len();
+        match rng.below(7) {
+            0 => url[rng.below(len)] = visible(rng),
+            1 => url.insert(rng.below(len + 1), visible(rng)),
+            2 => drop(url.remove(rng.below(len))),
+            3 => url.truncate(rng.below(len)),
+            4 => url.swap(rng.below(len), rng.below(len)),
+            5 => {
+                let at = rng.below(len + 1);
+                let extra = ['&', visible(rng), '=', visible(rng)];
+                url.splice(at..at, extra);
+            }
+            _ => method = rng.pick(METHODS).to_owned(),
+        }
+        (method, url.into_iter().collect())
+    }
+
+    #[test]
+    fn property_no_single_change_of_a_signed_url_verifies() {
+        const PATH_PIECES: &[&str] = &["/files", "/", "a", "%2F", "..", "%C3%A9", ".pdf", ";", "="];
+        const PARAMS: &[&str] = &[
+            "a=1",
+            "cb=%2Fx%3Fy",
+            "b",
+            "",
+            "x+y=%20",
+            "accept=pdf,png",
+            "k=%26",
+        ];
+        let s = secret();
+        let mut rng = XorShift::new(0x5EED_5167);
+        let mut changed = 0;
+        for _ in 0..4_000 {
+            let method = rng.pick(&["GET", "HEAD", "POST", "PUT"]);
+            let path = format!("/{}", rng.string(PATH_PIECES, 6));
+            let params = (0..rng.below(4))
+                .map(|_| rng.pick(PARAMS))
+                .collect::<Vec<_>>()
+                .join("&");
+            let url = s.sign_url(method, &path, &params, NOW + 60);
+            assert!(verify(method, &url).is_ok(), "{method} {url}");
+            let (method2, url2) = mutate(&mut rng, method, &url);
+            if url2 == url && (method2 == method || (method, method2.as_str()) == ("GET", "HEAD")) {
+                continue;
+            }
+            changed += 1;
+            let (p, q) = match url2.split_once('?') {
+                Some((p, q)) => (p, Some(q)),
+                None => (url2.as_str(), None),
+            };
+            assert!(
+                s.verify_url(&method2, p, q, NOW, TTL).is_err(),
+                "{method} {url} -> {method2} {url2}"
+            );
+        }
+        assert!(changed > 3_000, "only {changed} changes tried");
     }
 
     #[test]

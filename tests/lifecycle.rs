@@ -125,6 +125,34 @@ async fn sigterm_lets_a_slow_request_finish() {
     assert!(gw.log.lock().expect("log").contains("drained"));
 }
 
+/// The next sd_notify datagram the gateway sent, as text.
+async fn notified(sock: &tokio::net::UnixDatagram) -> String {
+    let mut buf = [0u8; 1024];
+    let n = within(20, sock.recv(&mut buf)).await.expect("recv");
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+#[tokio::test]
+async fn systemd_hears_ready_then_stopping() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_secret(dir.path());
+    let path = write_config(
+        dir.path(),
+        &config_text(dir.path(), "http://127.0.0.1:1", ""),
+    );
+    let socket = dir.path().join("notify.sock");
+    let sock = tokio::net::UnixDatagram::bind(&socket).expect("bind notify socket");
+    let mut gw = Spawned::start_with_env(&path, &[("NOTIFY_SOCKET", socket.as_os_str())]);
+    let ready = notified(&sock).await;
+    assert!(ready.lines().any(|l| l == "READY=1"), "{ready:?}");
+    let (res, _) = get(&format!("http://{}/healthz", gw.control)).await;
+    assert_eq!(res.status, StatusCode::OK, "serving once ready");
+    gw.signal("-TERM");
+    let stopping = notified(&sock).await;
+    assert!(stopping.lines().any(|l| l == "STOPPING=1"), "{stopping:?}");
+    assert!(gw.wait_exit(20).await.success());
+}
+
 #[tokio::test]
 async fn big_bodies_stream_with_bounded_memory() {
     let mib: u64 = std::env::var("UPGATE_TEST_BIG_MIB")

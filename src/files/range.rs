@@ -445,6 +445,62 @@ mod tests {
         }
     }
 
+    /// A random Range header: mostly one `first-last` spec with either side possibly absent,
+    /// sometimes two, sometimes noise.
+    fn random_range(rng: &mut crate::testing::XorShift) -> String {
+        const NUMBERS: &[&str] = &[
+            "",
+            "0",
+            "1",
+            "7",
+            "42",
+            "0999",
+            "1000",
+            "18446744073709551615",
+            "99999999999999999999",
+        ];
+        const NOISE: &[&str] = &["bytes", "BYTES", "items", "=", "-", ",", " ", "x", "1"];
+        let spec = |rng: &mut crate::testing::XorShift| {
+            format!("{}-{}", rng.pick(NUMBERS), rng.pick(NUMBERS))
+        };
+        match rng.below(8) {
+            0 => rng.string(NOISE, 8),
+            1 => format!("bytes={},{}", spec(rng), spec(rng)),
+            _ => {
+                let unit = rng.pick(&["bytes", "bytes", "Bytes ", "items"]);
+                let (spec, noise) = (spec(rng), rng.string(NOISE, 1));
+                format!("{unit}={spec}{noise}")
+            }
+        }
+    }
+
+    /// On files of random lengths: whatever is served is inside the file, reads back the same
+    /// when written plainly, and whether the header counts as a range never depends on the length.
+    #[test]
+    fn property_ranges_stay_inside_the_file() {
+        const LENS: &[u64] = &[0, 1, 2, 7, 42, 999, 1000, 1001, u64::MAX];
+        let mut rng = crate::testing::XorShift::new(0x000B_17E5);
+        let mut partial = 0;
+        for _ in 0..20_000 {
+            let header = random_range(&mut rng);
+            let len = if rng.below(2) == 0 {
+                LENS[rng.below(LENS.len())]
+            } else {
+                rng.next() % 2_000
+            };
+            let got = parse_range(Some(&header), len);
+            if let Partial { start, end } = got {
+                partial += 1;
+                assert!(start <= end && end < len, "{header:?} on {len}: {got:?}");
+                let plain = format!("bytes={start}-{end}");
+                assert_eq!(parse_range(Some(&plain), len), got);
+            }
+            let other = parse_range(Some(&header), len.wrapping_add(1));
+            assert_eq!(got == Full, other == Full, "{header:?} on {len}");
+        }
+        assert!(partial > 2_000, "only {partial} ranges served");
+    }
+
     #[test]
     fn content_range_headers() {
         assert_eq!(content_range(0, 499, 1000), "bytes 0-499/1000");

@@ -1,6 +1,8 @@
 //! Upstream response directives (SPEC §3), parsed, validated and removed before the client sees the response:
 //! `X-Upgate-Register`, `X-Upgate-Revoke`, `X-Accel-Redirect` and `X-Sendfile`. Pure.
 
+use std::fmt;
+
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::config::{FORMAT_NAMES, parse_size};
@@ -18,6 +20,25 @@ pub const MAX_TOKEN: usize = 256;
 pub struct Register {
     pub token: String,
     pub limits: Limits,
+}
+
+/// The canonical header value: `<token>[; accept=a,b][; max-bytes=N][; max-files=N]`, sizes in
+/// plain bytes. [`register`] reads it back to the same value (the fuzz target and a property test
+/// hold it to that).
+impl fmt::Display for Register {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.token)?;
+        if let Some(accept) = &self.limits.accept {
+            write!(f, "; accept={}", accept.join(","))?;
+        }
+        if let Some(n) = self.limits.max_bytes {
+            write!(f, "; max-bytes={n}")?;
+        }
+        if let Some(n) = self.limits.max_files {
+            write!(f, "; max-files={n}")?;
+        }
+        Ok(())
+    }
 }
 
 /// A session token: 1..=256 bytes of visible ASCII (SPEC §3).
@@ -280,6 +301,50 @@ mod tests {
             assert!(register(bad).is_err(), "{bad:?}");
         }
         assert!(register(&"x".repeat(256)).is_ok());
+    }
+
+    #[test]
+    fn display_is_the_canonical_spelling() {
+        let r = register("sess-123;ACCEPT = pdf, PNG,jpg ; max-bytes=10MiB; max-files=+20")
+            .expect("valid");
+        assert_eq!(
+            r.to_string(),
+            "sess-123; accept=pdf,png,jpeg; max-bytes=10485760; max-files=20"
+        );
+        assert_eq!(register("t").expect("bare").to_string(), "t");
+    }
+
+    /// Random register values, valid and not: whatever parses renders back to itself.
+    #[test]
+    fn property_a_parsed_register_round_trips() {
+        const TOKEN: &[&str] = &["s", "-", "=", ",", "x9", "~", " ", "\t", "é", "\\"];
+        const PARAMS: &[&str] = &[
+            "; accept=pdf",
+            "; accept = PNG, jpg,pdf",
+            "; accept=zip,zip",
+            "; accept=exe",
+            "; accept=",
+            "; max-bytes=10MiB",
+            "; MAX-BYTES= 1 KiB ",
+            "; max-bytes=0",
+            "; max-bytes=18446744073709551615",
+            "; max-files=20",
+            "; max-files=+3",
+            "; max-files=-1",
+            "; colour=blue",
+            ";",
+            "; max-files",
+        ];
+        let mut rng = crate::testing::XorShift::new(0xD1EC_7173);
+        let mut parsed = 0;
+        for _ in 0..20_000 {
+            let value = rng.string(TOKEN, 4) + &rng.string(PARAMS, 3);
+            let Ok(r) = register(&value) else { continue };
+            parsed += 1;
+            assert!(token(&r.token).is_ok(), "{value:?}");
+            assert_eq!(register(&r.to_string()), Ok(r), "{value:?}");
+        }
+        assert!(parsed > 2_000, "only {parsed} values parsed");
     }
 }
 

@@ -1,5 +1,6 @@
 //! Listeners and the connection loop: plain and TLS HTTP, timeouts, and the graceful drain.
 
+pub mod notify;
 pub mod tls;
 
 use std::future::Future;

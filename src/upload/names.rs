@@ -92,6 +92,7 @@ fn floor_char_boundary(s: &str, max: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::XorShift;
 
     fn clean(raw: &str) -> Option<String> {
         sanitize(raw)
@@ -226,23 +227,6 @@ mod tests {
         assert_eq!(extension("a.PDF"), Some("PDF"));
     }
 
-    /// Deterministic xorshift64, so the hostile-string test needs no crate
-    /// and fails the same way every run.
-    struct XorShift(u64);
-
-    impl XorShift {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-
-        fn below(&mut self, n: usize) -> usize {
-            usize::try_from(self.next() % n as u64).unwrap_or(0)
-        }
-    }
-
     const HOSTILE: &[&str] = &[
         "/",
         "\\",
@@ -287,10 +271,7 @@ mod tests {
     ];
 
     fn hostile_string(rng: &mut XorShift) -> String {
-        let pieces = rng.below(60);
-        (0..pieces)
-            .map(|_| HOSTILE[rng.below(HOSTILE.len())])
-            .collect()
+        rng.string(HOSTILE, 59)
     }
 
     fn assert_safe(raw: &str, name: &str) {
@@ -315,7 +296,7 @@ mod tests {
 
     #[test]
     fn hostile_strings_keep_the_invariants() {
-        let mut rng = XorShift(0x9E37_79B9_7F4A_7C15);
+        let mut rng = XorShift::new(0x9E37_79B9_7F4A_7C15);
         let mut kept = 0;
         for _ in 0..20_000 {
             let raw = hostile_string(&mut rng);
@@ -330,7 +311,7 @@ mod tests {
 
     #[test]
     fn hostile_strings_hit_the_length_limit() {
-        let mut rng = XorShift(42);
+        let mut rng = XorShift::new(42);
         let long = (0..2_000).find_map(|_| {
             let raw: String = (0..4).map(|_| hostile_string(&mut rng)).collect();
             sanitize(&raw).filter(|name| name.len() > 240)
