@@ -69,10 +69,10 @@ pub fn set_upgrade(headers: &mut HeaderMap, protocol: HeaderValue) {
 /// because some servers (CGI, WSGI) fold the two spellings together.
 pub fn is_reserved(name: &HeaderName, trusted_peer: bool) -> bool {
     let name = name.as_str().replace('_', "-");
-    let always = name == "x-upload-handle"
-        || name == "x-upload-session"
-        || name.starts_with("x-upgate-")
-        || name == "forwarded";
+    // All of `X-Upload-*`, not only the two SPEC names: the upstream must be able to trust any
+    // field of that family it sees as upgate's.
+    let always =
+        name.starts_with("x-upload-") || name.starts_with("x-upgate-") || name == "forwarded";
     let unless_trusted =
         name.starts_with("x-forwarded-") || name == "x-request-id" || name == "x-real-ip";
     always || (unless_trusted && !trusted_peer)
@@ -196,6 +196,7 @@ mod tests {
             ("x_forwarded_host", "evil"),
             ("x-request-id", "mine"),
             ("x-real-ip", "1.2.3.4"),
+            ("x-upload-anything", "x"),
             ("x-uploaded-by", "kept"),
         ]);
         strip_reserved(&mut h, false);
