@@ -18,6 +18,7 @@ pub enum Fault {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     BadRequest,
+    RequestTimeout,
     InvalidHandle,
     UnsupportedFormat,
     TooLarge,
@@ -40,6 +41,7 @@ impl Kind {
     pub fn status(self) -> StatusCode {
         match self {
             Kind::BadRequest => StatusCode::BAD_REQUEST,
+            Kind::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Kind::InvalidHandle | Kind::NotFound => StatusCode::NOT_FOUND,
             Kind::UnsupportedFormat => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Kind::TooLarge | Kind::QuotaExceeded => StatusCode::PAYLOAD_TOO_LARGE,
@@ -59,6 +61,7 @@ impl Kind {
     pub fn code(self) -> &'static str {
         match self {
             Kind::BadRequest => "bad_request",
+            Kind::RequestTimeout => "request_timeout",
             Kind::InvalidHandle => "invalid_handle",
             Kind::UnsupportedFormat => "unsupported_format",
             Kind::TooLarge => "too_large",

@@ -59,9 +59,9 @@ pub async fn intercepted(
     ctx.upload_api = true;
     let cfg = &gw.config.uploads;
     let policy = policy(
+        gw,
         route.accept.as_ref().unwrap_or(&cfg.accept),
         route.max_file_bytes.unwrap_or(cfg.max_file_bytes),
-        cfg.max_session_files,
     );
     let target = Target {
         method: req.method().clone(),
@@ -101,7 +101,7 @@ pub async fn slot(gw: &Gateway, req: Request<Body>, ctx: &mut Ctx) -> Result<Res
             .map_err(|why| Error::new(Kind::BadRequest, format!("max-bytes: {why}")))?,
         None => cfg.max_file_bytes,
     };
-    let policy = policy(&accept, max_bytes, cfg.max_session_files);
+    let policy = policy(gw, &accept, max_bytes);
     let sig = signed.sig().to_string();
     let (store, key, expires) = (gw.store.clone(), sig.clone(), signed.expires);
     let fresh = crate::db::off_thread(move || store.db.use_slot(&key, expires)).await?;
@@ -141,13 +141,17 @@ fn callback(cb: &str) -> Result<Uri> {
     Ok(uri)
 }
 
-fn policy(accept: &[String], max_file_bytes: u64, max_files: u64) -> Policy {
+/// A store-and-forward request may hold what one upload session may: `max_session_files` files
+/// of at most `max_file_bytes`, `max_session_bytes` in all.
+fn policy(gw: &Gateway, accept: &[String], max_file_bytes: u64) -> Policy {
+    let cfg = &gw.config.uploads;
     Policy {
         accept: upload::formats(accept),
         max_file_bytes,
-        max_total_bytes: u64::MAX,
-        max_files,
+        max_total_bytes: cfg.max_session_bytes,
+        max_files: cfg.max_session_files,
         existing: HashMap::new(),
+        body_timeout: gw.config.server.idle_timeout,
     }
 }
 

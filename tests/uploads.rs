@@ -1065,3 +1065,77 @@ async fn cors_for_listed_origins_on_upgates_own_routes() {
         );
     }
 }
+
+#[tokio::test]
+async fn hostile_multipart_shapes_are_refused_with_bounded_memory() {
+    let up = TestUpstream::start().await;
+    let gw = TestGateway::start(&up.url(), "").await;
+    let b = register(&gw, "bombs").await;
+    // A part header that never ends.
+    let mut bomb = format!(
+        "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"f\"; filename=\"x.txt\"\r\nX-Pad: "
+    )
+    .into_bytes();
+    bomb.extend(std::iter::repeat_n(b'a', 8 << 20));
+    let req = b
+        .request("POST", "/uploads")
+        .header("content-type", multipart_type())
+        .body(upgate::body::full(bomb))
+        .expect("req");
+    let (res, body) = send(req).await;
+    assert_eq!(
+        (res.status, json(&body)["error"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("bad_request"))
+    );
+    // More text fields than a form has.
+    let fields: Vec<(String, Vec<u8>)> = (0..1001).map(|i| (format!("f{i}"), Vec::new())).collect();
+    let mut parts: Vec<(&str, Option<&str>, &[u8])> = fields
+        .iter()
+        .map(|(n, v)| (n.as_str(), None, v.as_slice()))
+        .collect();
+    parts.push(("file", Some("a.pdf"), b"%PDF-1.4\n"));
+    let (status, body) = b.upload(&parts).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("bad_request")),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn a_stalled_body_is_408() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = TestUpstream::start().await;
+    let gw = TestGateway::start(&up.url(), "idle_timeout = \"500ms\"\n").await;
+    let b = register(&gw, "stall").await;
+    let body = multipart(&[("f", Some("slow.txt"), &vec![b'x'; 64 * 1024])]);
+    let head = format!(
+        "POST /uploads HTTP/1.1\r\nHost: x\r\nCookie: {}\r\nX-Upload-Handle: {}\r\nContent-Type: {}\r\nContent-Length: {}\r\n\r\n",
+        b.cookie,
+        b.handle,
+        multipart_type(),
+        body.len()
+    );
+    let mut stream = within(5, tokio::net::TcpStream::connect(gw.addr))
+        .await
+        .expect("connect");
+    within(5, stream.write_all(head.as_bytes()))
+        .await
+        .expect("head");
+    within(5, stream.write_all(&body[..1000]))
+        .await
+        .expect("some body");
+    let mut answer = vec![0u8; 4096];
+    let n = within(10, stream.read(&mut answer))
+        .await
+        .expect("an answer");
+    let text = String::from_utf8_lossy(&answer[..n]);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.contains("request_timeout"), "{text}");
+    within(10, async {
+        while temp_files(&gw) > 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+}

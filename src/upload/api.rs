@@ -89,6 +89,7 @@ async fn upload(gw: &Gateway, req: Request<Body>, session: &Session) -> Result<R
             .iter()
             .map(|f| (f.name.clone(), f.size))
             .collect::<HashMap<_, _>>(),
+        body_timeout: gw.config.server.idle_timeout,
     };
     let ingested = ingest::ingest(&gw.store, &parts.headers, body, &policy).await?;
     let quota = Quota {

@@ -4,11 +4,14 @@
 use std::collections::HashMap;
 use std::io::{self, Write};
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
 use http::HeaderMap;
 use http_body_util::BodyDataStream;
-use tokio::sync::mpsc;
 
 use super::formats::{self, Detected, Format, Sniffer};
 use super::names;
@@ -16,11 +19,16 @@ use super::store::Store;
 use crate::body::Body;
 use crate::error::{Error, Kind, Result};
 
-/// The most a text field may hold, and all text fields together (they are kept in memory).
+/// The most a text field may hold, all text fields together (names included), and how many
+/// there may be: they are kept in memory.
 const MAX_FIELD_BYTES: usize = 64 * 1024;
 const MAX_FIELDS_BYTES: usize = 1024 * 1024;
-/// Chunks in flight between the network and the writer thread: the back-pressure window.
-const WRITE_QUEUE: usize = 16;
+const MAX_FIELDS: usize = 1000;
+/// Bytes of the body that are neither file nor field data (boundaries, part headers, what the
+/// parser holds ahead): beyond this a body is an attack on memory, not a form.
+const MAX_OVERHEAD: u64 = 2 * 1024 * 1024;
+/// Bytes gathered before each write: large sequential writes, one blocking call per MiB.
+const WRITE_BATCH: usize = 1024 * 1024;
 
 /// What a request may store.
 #[derive(Debug, Clone)]
@@ -31,6 +39,8 @@ pub struct Policy {
     pub max_files: u64,
     /// Names already stored in the session, with their sizes (a same-named upload replaces one).
     pub existing: HashMap<String, u64>,
+    /// The longest wait for the next piece of the body (nginx's `client_body_timeout`).
+    pub body_timeout: Duration,
 }
 
 impl Policy {
@@ -83,6 +93,61 @@ pub struct Ingested {
     pub fields: Vec<(String, String)>,
 }
 
+/// Why the guarded body stream failed, when it was not the client going away (0: it was).
+const CUT_TIMEOUT: u8 = 1;
+const CUT_OVERHEAD: u8 = 2;
+
+/// Byte accounting shared by the body stream and the parser loop.
+#[derive(Default)]
+struct Meter {
+    /// Bytes read from the network.
+    pulled: AtomicU64,
+    /// Bytes handed out as file or field data.
+    delivered: AtomicU64,
+    cut: AtomicU8,
+}
+
+/// The request body as the parser reads it: each piece must come within `timeout`, and the bytes
+/// that are not data stay under [`MAX_OVERHEAD`].
+fn guarded(
+    body: Body,
+    meter: Arc<Meter>,
+    timeout: Duration,
+) -> impl Stream<Item = Result<Bytes, io::Error>> + Send + 'static {
+    futures_util::stream::unfold(
+        (BodyDataStream::new(body), meter, false),
+        move |(mut inner, meter, done)| async move {
+            if done {
+                return None;
+            }
+            let fail = |why: u8, what: &str| {
+                meter.cut.store(why, Ordering::Relaxed);
+                io::Error::other(what.to_string())
+            };
+            match tokio::time::timeout(timeout, inner.next()).await {
+                Err(_) => Some((
+                    Err(fail(CUT_TIMEOUT, "the request body stalled")),
+                    (inner, meter, true),
+                )),
+                Ok(None) => None,
+                Ok(Some(Err(e))) => Some((Err(io::Error::other(e)), (inner, meter, true))),
+                Ok(Some(Ok(chunk))) => {
+                    let pulled = meter
+                        .pulled
+                        .fetch_add(chunk.len() as u64, Ordering::Relaxed)
+                        + chunk.len() as u64;
+                    if pulled.saturating_sub(meter.delivered.load(Ordering::Relaxed)) > MAX_OVERHEAD
+                    {
+                        let e = fail(CUT_OVERHEAD, "multipart headers too large");
+                        return Some((Err(e), (inner, meter, true)));
+                    }
+                    Some((Ok(chunk), (inner, meter, false)))
+                }
+            }
+        },
+    )
+}
+
 /// Reads a `multipart/form-data` body to the end, storing each file part in the temp area.
 pub async fn ingest(
     store: &Store,
@@ -95,22 +160,34 @@ pub async fn ingest(
         .and_then(|v| v.to_str().ok())
         .and_then(|ct| multer::parse_boundary(ct).ok())
         .ok_or_else(|| Error::new(Kind::BadRequest, "not multipart/form-data (or no boundary)"))?;
-    let mut multipart = multer::Multipart::new(BodyDataStream::new(body), boundary);
+    let meter = Arc::new(Meter::default());
+    let stream = guarded(body, meter.clone(), policy.body_timeout);
+    let mut multipart = multer::Multipart::new(stream, boundary);
+    let mut reader = Reader {
+        meter,
+        total: 0,
+        fields_bytes: 0,
+    };
     let mut out = Ingested::default();
-    let mut total = 0u64;
-    let mut fields_bytes = 0usize;
-    while let Some(field) = multipart.next_field().await.map_err(multipart_error)? {
+    while let Some(field) = multipart.next_field().await.map_err(|e| reader.error(e))? {
         let field_name = field.name().unwrap_or("").to_string();
         match field.file_name().map(str::to_string) {
             // A file input left empty is sent with an empty filename and no content.
-            Some(raw) if raw.is_empty() => drain(field).await?,
+            Some(raw) if raw.is_empty() => reader.drain(field).await?,
             Some(raw) => {
-                let part =
-                    file_part(store, field, field_name, &raw, policy, &mut total, &out).await?;
+                let part = reader
+                    .file_part(store, field, field_name, &raw, policy, &out)
+                    .await?;
                 out.parts.push(part);
             }
             None => {
-                let text = text_field(field, &mut fields_bytes).await?;
+                if out.fields.len() >= MAX_FIELDS {
+                    return Err(Error::new(
+                        Kind::BadRequest,
+                        format!("more than {MAX_FIELDS} text fields"),
+                    ));
+                }
+                let text = reader.text_field(field, &field_name).await?;
                 out.fields.push((field_name, text));
             }
         }
@@ -119,6 +196,120 @@ pub async fn ingest(
         return Err(Error::new(Kind::BadRequest, "no file part in the request"));
     }
     Ok(out)
+}
+
+/// The parser loop's state: byte accounting and the limits met so far.
+struct Reader {
+    meter: Arc<Meter>,
+    total: u64,
+    fields_bytes: usize,
+}
+
+impl Reader {
+    /// The next data chunk of a field, counted as delivered.
+    async fn chunk(&self, field: &mut multer::Field<'_>) -> Result<Option<Bytes>> {
+        let chunk = field.chunk().await.map_err(|e| self.error(e))?;
+        if let Some(c) = &chunk {
+            self.meter
+                .delivered
+                .fetch_add(c.len() as u64, Ordering::Relaxed);
+        }
+        Ok(chunk)
+    }
+
+    fn error(&self, e: multer::Error) -> Error {
+        match self.meter.cut.load(Ordering::Relaxed) {
+            CUT_TIMEOUT => {
+                Error::new(Kind::RequestTimeout, "the request body stalled").with_source(e)
+            }
+            CUT_OVERHEAD => {
+                Error::new(Kind::BadRequest, "multipart part headers are too large").with_source(e)
+            }
+            _ => multipart_error(e),
+        }
+    }
+
+    async fn drain(&self, mut field: multer::Field<'_>) -> Result<()> {
+        while self.chunk(&mut field).await?.is_some() {}
+        Ok(())
+    }
+
+    async fn text_field(&mut self, mut field: multer::Field<'_>, name: &str) -> Result<String> {
+        let mut buf = Vec::new();
+        self.fields_bytes += name.len();
+        while let Some(chunk) = self.chunk(&mut field).await? {
+            buf.extend_from_slice(&chunk);
+            self.fields_bytes += chunk.len();
+            if buf.len() > MAX_FIELD_BYTES || self.fields_bytes > MAX_FIELDS_BYTES {
+                return Err(Error::new(Kind::BadRequest, "a text field is too long"));
+            }
+        }
+        if self.fields_bytes > MAX_FIELDS_BYTES {
+            return Err(Error::new(Kind::BadRequest, "the text fields are too long"));
+        }
+        String::from_utf8(buf)
+            .map_err(|_| Error::new(Kind::BadRequest, "a text field is not UTF-8"))
+    }
+
+    async fn file_part(
+        &mut self,
+        store: &Store,
+        mut field: multer::Field<'_>,
+        field_name: String,
+        raw_name: &str,
+        policy: &Policy,
+        so_far: &Ingested,
+    ) -> Result<Part> {
+        let name = names::sanitize(raw_name).ok_or_else(|| {
+            Error::new(
+                Kind::BadRequest,
+                format!("file name {raw_name:?} has nothing safe left"),
+            )
+        })?;
+        if so_far.parts.iter().any(|p| p.name == name) {
+            return Err(Error::new(
+                Kind::BadRequest,
+                format!("two files named {name:?} in one request"),
+            ));
+        }
+        check_count(policy, so_far, &name)?;
+        let replaced = policy.existing.get(&name).copied().unwrap_or(0);
+        let room = policy.room_bytes() + replaced_so_far(policy, so_far) + replaced;
+        let mut temp = TempFile { path: None };
+        let path = store.temp_path();
+        let file = std::fs::File::create_new(&path).map_err(storage_error)?;
+        temp.path = Some(path);
+        let mut writer = PartWriter::new(file);
+        let mut size = 0u64;
+        while let Some(chunk) = self.chunk(&mut field).await? {
+            size += chunk.len() as u64;
+            if size > policy.max_file_bytes {
+                return Err(Error::new(
+                    Kind::TooLarge,
+                    format!("{name:?} is larger than {} bytes", policy.max_file_bytes),
+                ));
+            }
+            self.total += chunk.len() as u64;
+            if self.total > room {
+                return Err(Error::new(
+                    Kind::QuotaExceeded,
+                    "the byte quota would be passed",
+                ));
+            }
+            writer.push(chunk).await?;
+        }
+        let written = writer.finish().await?;
+        let format = formats::check(&written.detected, &name, &policy.accept)
+            .map_err(|why| Error::new(Kind::UnsupportedFormat, why))?;
+        Ok(Part {
+            field: field_name,
+            name,
+            size,
+            sha256: written.sha256,
+            format,
+            temp,
+        })
+    }
 }
 
 fn multipart_error(e: multer::Error) -> Error {
@@ -130,90 +321,6 @@ fn multipart_error(e: multer::Error) -> Error {
         _ => "malformed multipart body",
     };
     Error::new(Kind::BadRequest, what).with_source(e)
-}
-
-async fn drain(mut field: multer::Field<'_>) -> Result<()> {
-    while field.chunk().await.map_err(multipart_error)?.is_some() {}
-    Ok(())
-}
-
-async fn text_field(mut field: multer::Field<'_>, used: &mut usize) -> Result<String> {
-    let mut buf = Vec::new();
-    while let Some(chunk) = field.chunk().await.map_err(multipart_error)? {
-        buf.extend_from_slice(&chunk);
-        *used += chunk.len();
-        if buf.len() > MAX_FIELD_BYTES || *used > MAX_FIELDS_BYTES {
-            return Err(Error::new(Kind::BadRequest, "a text field is too long"));
-        }
-    }
-    String::from_utf8(buf).map_err(|_| Error::new(Kind::BadRequest, "a text field is not UTF-8"))
-}
-
-async fn file_part(
-    store: &Store,
-    mut field: multer::Field<'_>,
-    field_name: String,
-    raw_name: &str,
-    policy: &Policy,
-    total: &mut u64,
-    so_far: &Ingested,
-) -> Result<Part> {
-    let name = names::sanitize(raw_name).ok_or_else(|| {
-        Error::new(
-            Kind::BadRequest,
-            format!("file name {raw_name:?} has nothing safe left"),
-        )
-    })?;
-    if so_far.parts.iter().any(|p| p.name == name) {
-        return Err(Error::new(
-            Kind::BadRequest,
-            format!("two files named {name:?} in one request"),
-        ));
-    }
-    check_count(policy, so_far, &name)?;
-    let replaced = policy.existing.get(&name).copied().unwrap_or(0);
-    let mut temp = TempFile { path: None };
-    let path = store.temp_path();
-    let file = std::fs::File::create_new(&path).map_err(storage_error)?;
-    temp.path = Some(path);
-    let (tx, rx) = mpsc::channel::<Bytes>(WRITE_QUEUE);
-    let writer = tokio::task::spawn_blocking(move || write_part(file, rx));
-    let room = policy.room_bytes() + replaced_so_far(policy, so_far) + replaced;
-    let mut size = 0u64;
-    while let Some(chunk) = field.chunk().await.map_err(multipart_error)? {
-        size += chunk.len() as u64;
-        if size > policy.max_file_bytes {
-            return Err(Error::new(
-                Kind::TooLarge,
-                format!("{name:?} is larger than {} bytes", policy.max_file_bytes),
-            ));
-        }
-        *total += chunk.len() as u64;
-        if *total > room {
-            return Err(Error::new(
-                Kind::QuotaExceeded,
-                "the session's byte quota would be passed",
-            ));
-        }
-        if tx.send(chunk).await.is_err() {
-            break; // the writer failed; its error is read below
-        }
-    }
-    drop(tx);
-    let written = writer
-        .await
-        .map_err(|e| Error::internal("the writer thread failed", e))?
-        .map_err(storage_error)?;
-    let format = formats::check(&written.detected, &name, &policy.accept)
-        .map_err(|why| Error::new(Kind::UnsupportedFormat, why))?;
-    Ok(Part {
-        field: field_name,
-        name,
-        size,
-        sha256: written.sha256,
-        format,
-        temp,
-    })
 }
 
 /// Bytes that earlier parts of this request free by replacing stored files of the same name.
@@ -251,21 +358,100 @@ struct Written {
     detected: Detected,
 }
 
-/// The writer thread: buffered writes, SHA-256 and format sniffing as the bytes pass, then fsync.
-fn write_part(file: std::fs::File, mut rx: mpsc::Receiver<Bytes>) -> io::Result<Written> {
-    let mut out = io::BufWriter::with_capacity(1 << 20, file);
-    let mut sha = ring::digest::Context::new(&ring::digest::SHA256);
-    let mut sniffer = Sniffer::new();
-    while let Some(chunk) = rx.blocking_recv() {
-        out.write_all(&chunk)?;
-        sha.update(&chunk);
-        sniffer.feed(&chunk);
+/// What a part's bytes pass through on their way to disk.
+struct WriteState {
+    file: std::fs::File,
+    sha: ring::digest::Context,
+    sniffer: Sniffer,
+}
+
+/// Writes a part in batches on the blocking pool: one batch is written while the next one is
+/// read from the network, so at most two batches are in memory and no thread waits on a client.
+struct PartWriter {
+    batch: Vec<Bytes>,
+    batched: usize,
+    state: Option<WriteState>,
+    in_flight: Option<tokio::task::JoinHandle<io::Result<WriteState>>>,
+}
+
+impl PartWriter {
+    fn new(file: std::fs::File) -> Self {
+        let state = WriteState {
+            file,
+            sha: ring::digest::Context::new(&ring::digest::SHA256),
+            sniffer: Sniffer::new(),
+        };
+        Self {
+            batch: Vec::new(),
+            batched: 0,
+            state: Some(state),
+            in_flight: None,
+        }
     }
-    let mut file = out.into_inner().map_err(|e| e.into_error())?;
-    file.sync_all()?;
-    let detected = sniffer.finish(&mut file)?;
-    Ok(Written {
-        sha256: hex::encode(sha.finish()),
-        detected,
-    })
+
+    async fn push(&mut self, chunk: Bytes) -> Result<()> {
+        self.batched += chunk.len();
+        self.batch.push(chunk);
+        if self.batched >= WRITE_BATCH {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// Waits for the batch being written, then starts writing the gathered one.
+    async fn flush(&mut self) -> Result<()> {
+        self.settle().await?;
+        let mut state = self
+            .state
+            .take()
+            .ok_or_else(|| Error::new(Kind::Internal, "writer state lost"))?;
+        let batch = std::mem::take(&mut self.batch);
+        self.batched = 0;
+        self.in_flight = Some(tokio::task::spawn_blocking(move || {
+            for chunk in &batch {
+                state.file.write_all(chunk)?;
+                state.sha.update(chunk);
+                state.sniffer.feed(chunk);
+            }
+            Ok(state)
+        }));
+        Ok(())
+    }
+
+    async fn settle(&mut self) -> Result<()> {
+        if let Some(job) = self.in_flight.take() {
+            let state = job
+                .await
+                .map_err(|e| Error::internal("the writer thread failed", e))?
+                .map_err(storage_error)?;
+            self.state = Some(state);
+        }
+        Ok(())
+    }
+
+    /// Writes what is left, fsyncs, and sniffs the format (the ZIP check reads the file back).
+    async fn finish(mut self) -> Result<Written> {
+        self.flush().await?;
+        self.settle().await?;
+        let state = self
+            .state
+            .take()
+            .ok_or_else(|| Error::new(Kind::Internal, "writer state lost"))?;
+        let done = tokio::task::spawn_blocking(move || {
+            let WriteState {
+                mut file,
+                sha,
+                sniffer,
+            } = state;
+            file.sync_all()?;
+            let detected = sniffer.finish(&mut file)?;
+            Ok::<_, io::Error>(Written {
+                sha256: hex::encode(sha.finish()),
+                detected,
+            })
+        });
+        done.await
+            .map_err(|e| Error::internal("the writer thread failed", e))?
+            .map_err(storage_error)
+    }
 }
