@@ -35,15 +35,25 @@ fn db_err(e: impl std::fmt::Display) -> DbError {
 
 pub type Result<T> = std::result::Result<T, DbError>;
 
-/// Runs state-database work (whose commits fsync) on the blocking pool, off the async workers.
-pub async fn off_thread<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T> + Send + 'static,
-) -> crate::error::Result<T> {
+/// Runs storage work (whose commits fsync) on the blocking pool, off the async workers.
+pub async fn off_thread<T, E>(
+    f: impl FnOnce() -> std::result::Result<T, E> + Send + 'static,
+) -> crate::error::Result<T>
+where
+    T: Send + 'static,
+    E: Into<crate::error::Error> + Send + 'static,
+{
     use crate::error::Error;
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| Error::internal("a storage thread failed", e))?
-        .map_err(|e| Error::internal("the state database", e))
+        .map_err(Into::into)
+}
+
+impl From<DbError> for crate::error::Error {
+    fn from(e: DbError) -> Self {
+        crate::error::Error::internal("the state database", e)
+    }
 }
 
 /// A live handle: which session of which client it stands for, and until when.
@@ -103,6 +113,15 @@ fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T> {
 
 pub struct Db {
     db: Database,
+}
+
+/// The outcome of [`Db::add_files`].
+#[derive(Debug, PartialEq, Eq)]
+pub enum Added {
+    /// Committed; these records were replaced by name (their blobs are the caller's to delete).
+    Done { replaced: Vec<FileRecord> },
+    /// A session of the new files has ended: nothing was written.
+    SessionGone,
 }
 
 impl Db {
@@ -248,14 +267,20 @@ impl Db {
 
     /// Adds files in one durable transaction; a session file replaces the one of the same name.
     /// Returns the records replaced (their blobs are the caller's to delete, after this commit).
-    pub fn add_files(&self, new: &[FileRecord]) -> Result<Vec<FileRecord>> {
+    /// A file of a session that no longer exists (ended while the upload streamed) is refused,
+    /// and the transaction with it.
+    pub fn add_files(&self, new: &[FileRecord]) -> Result<Added> {
         let tx = self.db.begin_write().map_err(db_err)?;
         let mut replaced = Vec::new();
         {
             let mut files = tx.open_table(FILES).map_err(db_err)?;
             let mut index = tx.open_table(SESSION_FILES).map_err(db_err)?;
+            let sessions = tx.open_table(SESSIONS).map_err(db_err)?;
             for f in new {
                 if let Owner::Session { token } = &f.owner {
+                    if sessions.get(token.as_str()).map_err(db_err)?.is_none() {
+                        return Ok(Added::SessionGone);
+                    }
                     let old = index
                         .insert((token.as_str(), f.name.as_str()), f.id.as_str())
                         .map_err(db_err)?
@@ -272,7 +297,7 @@ impl Db {
             }
         }
         tx.commit().map_err(db_err)?;
-        Ok(replaced)
+        Ok(Added::Done { replaced })
     }
 
     /// Removes files by id in one durable transaction; returns those that existed.
@@ -307,22 +332,44 @@ impl Db {
 
     /// Ends a session: its record, handles and files, in one durable transaction. Returns its files.
     pub fn remove_session(&self, token: &str) -> Result<Vec<FileRecord>> {
-        let files = self.session_files(token)?;
-        let handles: Vec<String> = self
-            .handles()?
-            .into_iter()
-            .filter(|(_, r)| r.token == token)
-            .map(|(h, _)| h)
-            .collect();
+        // Read and removed in one write transaction, so a commit cannot slip in between.
         let tx = self.db.begin_write().map_err(db_err)?;
+        let mut removed = Vec::new();
         {
             let mut file_table = tx.open_table(FILES).map_err(db_err)?;
             let mut index = tx.open_table(SESSION_FILES).map_err(db_err)?;
-            for f in &files {
-                file_table.remove(f.id.as_str()).map_err(db_err)?;
-                index.remove((token, f.name.as_str())).map_err(db_err)?;
+            let entries: Vec<(String, String)> = index
+                .range((token, "")..)
+                .map_err(db_err)?
+                .map_while(|row| row.ok())
+                .map(|(k, id)| {
+                    (
+                        k.value().0.to_string(),
+                        k.value().1.to_string(),
+                        id.value().to_string(),
+                    )
+                })
+                .take_while(|(t, _, _)| t == token)
+                .map(|(_, name, id)| (name, id))
+                .collect();
+            for (name, id) in &entries {
+                if let Some(v) = file_table.remove(id.as_str()).map_err(db_err)? {
+                    removed.push(decode(v.value())?);
+                }
+                index.remove((token, name.as_str())).map_err(db_err)?;
             }
             let mut handle_table = tx.open_table(HANDLES).map_err(db_err)?;
+            let handles: Vec<String> = handle_table
+                .iter()
+                .map_err(db_err)?
+                .map_while(|row| row.ok())
+                .filter_map(|(k, v)| {
+                    decode::<HandleRecord>(v.value())
+                        .ok()
+                        .filter(|r| r.token == token)
+                        .map(|_| k.value().to_string())
+                })
+                .collect();
             for h in &handles {
                 handle_table.remove(h.as_str()).map_err(db_err)?;
             }
@@ -332,7 +379,7 @@ impl Db {
                 .map_err(db_err)?;
         }
         tx.commit().map_err(db_err)?;
-        Ok(files)
+        Ok(removed)
     }
 
     /// Marks a slot used; false if it already was (SPEC §6: single use, across restarts).
@@ -387,17 +434,35 @@ mod tests {
     fn files_by_session_replace_and_remove() {
         let dir = tempfile::tempdir().expect("dir");
         let db = Db::open(&dir.path().join("state.redb")).expect("open");
-        assert!(
-            db.add_files(&[
-                file("1", "t", "a.txt"),
-                file("2", "t", "b.txt"),
-                file("3", "u", "a.txt")
-            ])
-            .expect("add")
-            .is_empty()
+        assert_eq!(
+            db.add_files(&[file("0", "t", "a.txt")]).expect("add"),
+            Added::SessionGone
         );
+        for t in ["t", "u"] {
+            let h = HandleRecord {
+                token: t.into(),
+                client: "c".into(),
+                expires_at: 10,
+            };
+            db.put_handle(&format!("h-{t}"), &h, &SessionRecord::default())
+                .expect("session");
+        }
+        let none = Added::Done {
+            replaced: Vec::new(),
+        };
+        let three = [
+            file("1", "t", "a.txt"),
+            file("2", "t", "b.txt"),
+            file("3", "u", "a.txt"),
+        ];
+        assert_eq!(db.add_files(&three).expect("add"), none);
         let replaced = db.add_files(&[file("4", "t", "a.txt")]).expect("replace");
-        assert_eq!(replaced, vec![file("1", "t", "a.txt")]);
+        assert_eq!(
+            replaced,
+            Added::Done {
+                replaced: vec![file("1", "t", "a.txt")]
+            }
+        );
         let names: Vec<_> = db
             .session_files("t")
             .expect("list")

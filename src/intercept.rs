@@ -14,12 +14,18 @@ use crate::error::{Error, Kind, Result};
 use crate::gateway::{Ctx, Gateway};
 use crate::proxy::unix_now;
 use crate::upload;
-use crate::upload::ingest::{self, Policy};
+use crate::upload::ingest::{self, Ingested, Policy};
 
 pub const X_UPGATE_SLOT: http::HeaderName = http::HeaderName::from_static("x-upgate-slot");
+/// On every forward whose body upgate rewrote: `form` or `json`.
+pub const X_UPGATE_INTERCEPT: http::HeaderName =
+    http::HeaderName::from_static("x-upgate-intercept");
 
-/// The intercept that owns a path, if any.
+/// The intercept that owns a path, if any. The path is compared in its normal form, so that
+/// `/profile/%61vatar` or `/profile//avatar` cannot carry a raw file past the route.
 pub fn find<'a>(intercepts: &'a [Intercept], path: &str) -> Option<&'a Intercept> {
+    let path = normalize(path);
+    let path = path.as_str();
     intercepts.iter().find(|i| {
         if i.prefix {
             path.starts_with(&i.path)
@@ -27,6 +33,45 @@ pub fn find<'a>(intercepts: &'a [Intercept], path: &str) -> Option<&'a Intercept
             path == i.path
         }
     })
+}
+
+/// RFC 3986 normal form of a path as servers behind upgate read it: percent-decoded where the
+/// byte is unreserved, empty and `.` segments dropped, `..` resolved.
+pub fn normalize(path: &str) -> String {
+    let decoded: Vec<u8> = {
+        let bytes = path.as_bytes();
+        let mut out = Vec::with_capacity(bytes.len());
+        let mut i = 0;
+        while i < bytes.len() {
+            let hex = |b: u8| (b as char).to_digit(16);
+            if bytes[i] == b'%' && i + 2 < bytes.len() {
+                if let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                    let b = (h * 16 + l) as u8;
+                    if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                        out.push(b);
+                        i += 3;
+                        continue;
+                    }
+                }
+            }
+            out.push(bytes[i]);
+            i += 1;
+        }
+        out
+    };
+    let text = String::from_utf8_lossy(&decoded);
+    let mut segments: Vec<&str> = Vec::new();
+    for seg in text.split('/') {
+        match seg {
+            "" | "." => {}
+            ".." => {
+                segments.pop();
+            }
+            s => segments.push(s),
+        }
+    }
+    let trailing = text.ends_with('/') && !segments.is_empty();
+    format!("/{}{}", segments.join("/"), if trailing { "/" } else { "" })
 }
 
 /// Whether a request carries a multipart form: only those are intercepted, the rest goes upstream untouched.
@@ -164,6 +209,7 @@ async fn store_and_forward(
 ) -> Result<Response<Body>> {
     let (mut parts, body) = req.into_parts();
     let ingested = ingest::ingest(&gw.store, &parts.headers, body, policy).await?;
+    refuse_shadowing(&ingested)?;
     let fields = ingested.fields.clone();
     let field_of: Vec<String> = ingested.parts.iter().map(|p| p.field.clone()).collect();
     let owner = Owner::Intercept {
@@ -171,10 +217,13 @@ async fn store_and_forward(
     };
     let store = gw.store.clone();
     let records =
-        tokio::task::spawn_blocking(move || upload::commit(&store, &owner, ingested, None))
-            .await
-            .map_err(|e| Error::internal("the commit thread failed", e))??;
+        crate::db::off_thread(move || upload::commit(&store, &owner, ingested, None)).await?;
     gw.count_accepted(&records);
+    // Until the application has said yes, the files are provisional, even if this request is dropped.
+    let mut provisional = Provisional {
+        store: gw.store.clone(),
+        ids: records.iter().map(|r| r.id.clone()).collect(),
+    };
     let (content_type, description) = describe(gw, target.rewrite, &fields, &field_of, &records);
     parts.method = target.method;
     parts.uri = target.uri;
@@ -186,21 +235,80 @@ async fn store_and_forward(
         .insert(CONTENT_LENGTH, HeaderValue::from(description.len()));
     parts.headers.remove(http::header::TRANSFER_ENCODING);
     let req = Request::from_parts(parts, body::full(description));
-    let slot = target.slot;
-    let res = gw.proxy_with(req, ctx, |headers| {
-        if let Some(v) = slot.as_deref().and_then(|s| HeaderValue::from_str(s).ok()) {
-            headers.insert(X_UPGATE_SLOT, v);
-        }
-    });
-    let outcome = res.await;
-    let keep = matches!(&outcome, Ok(r) if r.status().is_success());
-    if !keep {
-        let ids = records.iter().map(|r| r.id.clone()).collect();
-        if let Err(e) = upload::api::remove(gw, ids).await {
-            tracing::error!(id = %ctx.id, error = %e, "cannot remove the files of a refused forward");
-        }
+    let (slot, rewrite) = (target.slot, target.rewrite);
+    let outcome = gw
+        .proxy_with(req, ctx, |headers| {
+            // Only upgate can set X-Upgate-* upstream: this tells the application that the body is
+            // upgate's description, not something a client posted to the same path.
+            headers.insert(X_UPGATE_INTERCEPT, HeaderValue::from_static(rewrite.name()));
+            if let Some(v) = slot.as_deref().and_then(|s| HeaderValue::from_str(s).ok()) {
+                headers.insert(X_UPGATE_SLOT, v);
+            }
+        })
+        .await;
+    let ids = std::mem::take(&mut provisional.ids);
+    if !matches!(&outcome, Ok(r) if r.status().is_success())
+        && let Err(e) = upload::api::remove(gw, ids).await
+    {
+        tracing::error!(id = %ctx.id, error = %e, "cannot remove the files of a refused forward");
     }
     outcome
+}
+
+/// Files stored for a forward that has not (yet) been accepted; dropped armed, it removes them.
+struct Provisional {
+    store: std::sync::Arc<upload::store::Store>,
+    ids: Vec<String>,
+}
+
+impl Drop for Provisional {
+    fn drop(&mut self) {
+        if self.ids.is_empty() {
+            return;
+        }
+        let (store, ids) = (self.store.clone(), std::mem::take(&mut self.ids));
+        let remove = move || {
+            let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+            match store.db.remove_files(&refs) {
+                Ok(removed) => removed.iter().for_each(|f| store.remove_blob(&f.id)),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot remove the files of a refused forward")
+                }
+            }
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => drop(rt.spawn_blocking(remove)),
+            Err(_) => remove(),
+        }
+    }
+}
+
+/// The keys of a file's description; a text field may not pose as one of them.
+const DESCRIPTION_KEYS: [&str; 7] = [
+    "name",
+    "id",
+    "size",
+    "content_type",
+    "sha256",
+    "path",
+    "url",
+];
+
+/// Refuses a text field named like a file's description (`doc.path` beside a file field `doc`),
+/// which would otherwise reach the application next to upgate's own.
+fn refuse_shadowing(ingested: &Ingested) -> Result<()> {
+    for (name, _) in &ingested.fields {
+        let posing = name.split_once('.').is_some_and(|(field, key)| {
+            DESCRIPTION_KEYS.contains(&key) && ingested.parts.iter().any(|p| p.field == field)
+        });
+        if posing {
+            return Err(Error::new(
+                Kind::BadRequest,
+                format!("the text field {name:?} would pose as a file's description"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The small body the application receives in place of the files.
@@ -301,6 +409,23 @@ mod tests {
         ] {
             assert!(callback(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn normal_forms() {
+        assert_eq!(normalize("/profile/avatar"), "/profile/avatar");
+        assert_eq!(normalize("/profile/%61vatar"), "/profile/avatar");
+        assert_eq!(normalize("/profile//avatar"), "/profile/avatar");
+        assert_eq!(normalize("/profile/./avatar"), "/profile/avatar");
+        assert_eq!(normalize("/x/../profile/avatar"), "/profile/avatar");
+        assert_eq!(normalize("/docs/a/"), "/docs/a/");
+        assert_eq!(
+            normalize("/a%2Fb"),
+            "/a%2Fb",
+            "an encoded slash stays encoded"
+        );
+        assert_eq!(normalize("/%"), "/%");
+        assert_eq!(normalize("/%6"), "/%6");
     }
 
     #[test]

@@ -491,7 +491,8 @@ fn store_file(gw: &TestGateway, id: &str, name: &str, bytes: &[u8]) {
         sha256: hex::encode(ring::digest::digest(&ring::digest::SHA256, bytes)),
         created: now(),
     };
-    store.db.add_files(&[record]).expect("index");
+    let added = store.db.add_files(&[record]).expect("index");
+    assert!(matches!(added, upgate::db::Added::Done { .. }));
 }
 
 #[tokio::test]

@@ -85,6 +85,11 @@ async fn form_rewrite_hands_the_application_a_description() {
     );
     assert!(get("avatar.url").starts_with(&format!("/files/{}/me.png?expires=", get("avatar.id"))));
     assert!(e.header("x-upgate-signature").is_some());
+    assert_eq!(
+        e.header("x-upgate-intercept"),
+        Some("form"),
+        "the application can tell upgate's description"
+    );
 
     // Not multipart: the route is the application's, untouched.
     let req = Request::post(gw.url("/profile/avatar"))
@@ -303,4 +308,65 @@ async fn slots_are_signed_single_use_and_bounded() {
     let gw = gw.restart(&up.url()).await;
     let (status, _) = post(gw.url(&url), &[("invoice", Some("inv.pdf"), &pdf())]).await;
     assert_eq!(status, StatusCode::CONFLICT);
+}
+
+#[tokio::test]
+async fn look_alike_paths_and_fields_do_not_get_past_the_route() {
+    let up = TestUpstream::start().await;
+    let gw = TestGateway::start(&up.url(), ROUTES).await;
+    for path in [
+        "/profile/%61vatar",
+        "/profile//avatar",
+        "/profile/./avatar",
+        "/x/../profile/avatar",
+    ] {
+        let (status, body) = post(gw.url(path), &[("avatar", Some("me.png"), &elf())]).await;
+        assert_eq!(
+            status,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "{path} was not intercepted: {body:?}"
+        );
+    }
+    let (status, body) = post(
+        gw.url("/profile/avatar"),
+        &[
+            ("avatar.path", None, b"/etc/passwd"),
+            ("avatar", Some("me.png"), &png()),
+        ],
+    )
+    .await;
+    assert_eq!(
+        (status, json(&body)["error"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("bad_request"))
+    );
+    assert_eq!(blobs(&gw), 0);
+}
+
+#[tokio::test]
+async fn a_client_gone_before_the_application_answers_leaves_no_files() {
+    let up = TestUpstream::start().await;
+    let gw = TestGateway::start(&up.url(), "[[intercept]]\npath = \"/sleep/*\"\n").await;
+    let req = Request::post(gw.url("/sleep/3000"))
+        .header("content-type", multipart_type())
+        .body(upgate::body::full(multipart(&[(
+            "f",
+            Some("a.pdf"),
+            &pdf(),
+        )])))
+        .expect("req");
+    let pending = tokio::spawn(async move { client().request(req).await });
+    within(10, async {
+        while up.hits() == 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert_eq!(blobs(&gw), 1, "stored while the application thinks");
+    pending.abort();
+    within(10, async {
+        while blobs(&gw) > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await;
 }

@@ -114,6 +114,15 @@ pub enum Rewrite {
     Json,
 }
 
+impl Rewrite {
+    pub fn name(self) -> &'static str {
+        match self {
+            Rewrite::Form => "form",
+            Rewrite::Json => "json",
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Intercept {
     /// The exact path, or the prefix (without the `*`) when `prefix` is set.

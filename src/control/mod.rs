@@ -169,7 +169,7 @@ impl Api {
             gw.registry.forget_session(&token);
             let files = gw.store.db.remove_session(&token)?;
             files.iter().for_each(|f| gw.store.remove_blob(&f.id));
-            Ok(())
+            Ok::<_, crate::db::DbError>(())
         })
         .await?;
         Ok(no_content())

@@ -11,7 +11,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use dashmap::DashMap;
 
-use crate::db::{FileRecord, Owner};
+use crate::db::{Added, FileRecord, Owner};
 use crate::error::{Error, Kind, Result};
 use crate::gateway::Gateway;
 use crate::proxy::unix_now;
@@ -97,15 +97,20 @@ pub fn commit(
             created,
         });
     }
-    match store.db.add_files(&records) {
-        Ok(replaced) => {
+    let added = store.db.add_files(&records);
+    if !matches!(added, Ok(Added::Done { .. })) {
+        records.iter().for_each(|r| store.remove_blob(&r.id));
+    }
+    match added {
+        Ok(Added::Done { replaced }) => {
             replaced.iter().for_each(|r| store.remove_blob(&r.id));
             Ok(records)
         }
-        Err(e) => {
-            records.iter().for_each(|r| store.remove_blob(&r.id));
-            Err(Error::internal("writing the file index", e))
-        }
+        Ok(Added::SessionGone) => Err(Error::new(
+            Kind::InvalidHandle,
+            "the upload session ended while the files streamed",
+        )),
+        Err(e) => Err(Error::internal("writing the file index", e)),
     }
 }
 
