@@ -368,3 +368,34 @@ async fn the_upgate_prefix_is_never_forwarded() {
         "nothing under /_upgate/ reached the application"
     );
 }
+
+#[tokio::test]
+async fn a_slow_upload_is_not_an_upstream_timeout() {
+    use futures_util::StreamExt;
+    let up = TestUpstream::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_secret(dir.path());
+    let text = config_text(dir.path(), &up.url(), "")
+        .replace("response_timeout = \"10s\"", "response_timeout = \"300ms\"");
+    let config = upgate::config::Config::from_file(
+        upgate::config::parse_file(&text).expect("parse"),
+        dir.path(),
+    )
+    .expect("config");
+    let running = within(10, upgate::cli::start(config)).await.expect("start");
+    // Ten chunks 150 ms apart: the body alone takes five times the response timeout.
+    let chunks = futures_util::stream::iter(0..10).then(|_| async {
+        tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+        Ok::<_, std::convert::Infallible>(http_body::Frame::data(bytes::Bytes::from_static(
+            b"0123456789",
+        )))
+    });
+    let body = upgate::body::boxed(http_body_util::StreamBody::new(chunks));
+    let req = Request::put(format!("http://{}/slow-upload", running.http[0]))
+        .body(body)
+        .expect("req");
+    let (res, body) = send(req).await;
+    assert_eq!(res.status, StatusCode::OK, "{body:?}");
+    assert_eq!(echo(&body).body_len, 100);
+    running.stop();
+}

@@ -25,8 +25,13 @@ const STORED_DISPOSITION: &str = "attachment";
 
 /// The upstream response headers a file served by `X-Accel-Redirect` keeps (nginx keeps the
 /// same, less those SPEC §3 names, which are applied separately).
-const ACCEL_KEPT: [header::HeaderName; 3] =
-    [header::CACHE_CONTROL, header::EXPIRES, header::SET_COOKIE];
+const ACCEL_KEPT: [header::HeaderName; 4] = [
+    header::CACHE_CONTROL,
+    header::EXPIRES,
+    header::SET_COOKIE,
+    // A handle registered by the same response (X-Upgate-Register) must reach the client too.
+    crate::proxy::headers::X_UPLOAD_HANDLE,
+];
 
 /// `GET`/`HEAD /files/<id>/<name>?expires=…&sig=…`: an uploaded file, by a signed URL.
 /// The name must be the file's (percent-decoded), so a URL cannot be re-labelled.
@@ -43,11 +48,13 @@ pub async fn files_route(gw: &Gateway, req: &Request<Body>, rest: &str) -> Resul
 /// asks for a signature, as that file's own URL would.
 pub async fn media_route(gw: &Gateway, req: &Request<Body>, rest: &str) -> Result<Response<Body>> {
     let prefix = &gw.config.files.public_prefix;
-    let relative = paths::media_relative(rest)?;
-    let public = paths::is_public(&relative, prefix);
+    // SPEC §7's order: the signature first, unless the path is (well-formed and) public.
+    let relative = paths::media_relative(rest);
+    let public = relative.as_ref().is_ok_and(|r| paths::is_public(r, prefix));
     if !public {
         verify(gw, req)?;
     }
+    let relative = relative?;
     let (root, path) = resolve(media_root(gw)?, &relative).await?;
     if public && !path.starts_with(root.join(prefix)) {
         verify(gw, req)?;

@@ -60,9 +60,28 @@ impl Upstream {
             })
     }
 
-    /// Sends a prepared request; waits at most `response_timeout` for the response headers.
+    /// Sends a prepared request; once its body is sent, waits at most `response_timeout` for the
+    /// response headers (nginx's `proxy_read_timeout`: a long upload is not a slow upstream).
     pub async fn send(&self, req: Request<Body>) -> Result<Response<Incoming>> {
-        match tokio::time::timeout(self.response_timeout, self.client.request(req)).await {
+        let (sent, body_done) = tokio::sync::oneshot::channel::<()>();
+        let req = req.map(|b| {
+            body::boxed(crate::body::Counted::new(
+                b,
+                Default::default(),
+                OnDrop(Some(sent)),
+            ))
+        });
+        let exchange = self.client.request(req);
+        tokio::pin!(exchange);
+        let early = tokio::select! {
+            res = &mut exchange => Some(res),
+            _ = body_done => None,
+        };
+        let answered = match early {
+            Some(res) => Ok(res),
+            None => tokio::time::timeout(self.response_timeout, exchange).await,
+        };
+        match answered {
             Err(_) => Err(Error::new(
                 Kind::UpstreamTimeout,
                 format!("no response headers within {:?}", self.response_timeout),
@@ -76,6 +95,17 @@ impl Upstream {
                 Err(Error::new(Kind::UpstreamUnreachable, what).with_source(e))
             }
             Ok(Ok(res)) => Ok(res),
+        }
+    }
+}
+
+/// Fires when dropped: the request body (and so this guard) is dropped once it is fully sent.
+struct OnDrop(Option<tokio::sync::oneshot::Sender<()>>);
+
+impl Drop for OnDrop {
+    fn drop(&mut self) {
+        if let Some(tx) = self.0.take() {
+            let _ = tx.send(());
         }
     }
 }
@@ -103,6 +133,7 @@ pub fn prepare_headers(
     if let Some(v) = host.as_deref().and_then(|h| HeaderValue::from_str(h).ok()) {
         h.insert(HOST, v);
     }
+    join_cookies(h);
     set_header(h, headers::X_REQUEST_ID, &ctx.id);
     if let Some(client) = &ctx.client {
         set_header(h, headers::X_UPGATE_CLIENT, client);
@@ -119,6 +150,23 @@ pub fn prepare_headers(
         session.unwrap_or(""),
     );
     set_header(h, headers::X_UPGATE_SIGNATURE, &signature);
+}
+
+/// HTTP/2 clients send each cookie as its own field; an HTTP/1.1 upstream expects one `Cookie`
+/// line, joined with "; " (RFC 9113 §8.2.3), or frameworks read `a=1,b=2` as one cookie.
+fn join_cookies(h: &mut http::HeaderMap) {
+    use http::header::COOKIE;
+    if h.get_all(COOKIE).iter().nth(1).is_none() {
+        return;
+    }
+    let joined: Vec<&[u8]> = h
+        .get_all(COOKIE)
+        .iter()
+        .map(HeaderValue::as_bytes)
+        .collect();
+    if let Ok(v) = HeaderValue::from_bytes(&joined.join(&b"; "[..])) {
+        h.insert(COOKIE, v);
+    }
 }
 
 fn set_header(h: &mut http::HeaderMap, name: http::HeaderName, value: &str) {
