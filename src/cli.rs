@@ -125,7 +125,15 @@ fn check(path: &std::path::Path) -> anyhow::Result<ExitCode> {
     let base = path.parent().unwrap_or(std::path::Path::new("."));
     let effective = toml::to_string(&raw).context("printing the config")?;
     let validated = Config::from_file(raw, base)?;
-    config::secret::load_or_create(&validated.secret_file)?;
+    // Checked if it is there; never created here (it would be owned by whoever runs `check`).
+    if validated.secret_file.exists() {
+        config::secret::load_or_create(&validated.secret_file)?;
+    } else {
+        eprintln!(
+            "note: secret.file {} does not exist yet; `upgate run` creates it",
+            validated.secret_file.display()
+        );
+    }
     print!("{effective}");
     eprintln!("config ok: {}", path.display());
     Ok(ExitCode::SUCCESS)

@@ -267,9 +267,11 @@ impl Gateway {
         let ident = &self.config.identity;
         if let IdentitySource::Cookie(name) = &ident.source
             && let Some(v) = identity::set_cookie(res_headers, name)
-            && (!ident.issue_cookie || self.secret.verify_cookie_value(v))
         {
-            return Ok(Some(self.secret.client_key(v)));
+            // The response sets the identity cookie itself: bind to it, and never issue another
+            // over it (that would overwrite the application's own session cookie).
+            let usable = !ident.issue_cookie || self.secret.verify_cookie_value(v);
+            return Ok(usable.then(|| self.secret.client_key(v)));
         }
         if let Some(client) = &ctx.client {
             return Ok(Some(client.clone()));

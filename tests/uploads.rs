@@ -696,6 +696,7 @@ async fn control_api_manages_handles_sessions_and_files() {
         .to_string();
 
     let req = Request::post(gw.control_url("/v1/handles"))
+        .header("content-type", "application/json")
         .body(upgate::body::full(serde_json::json!({"session": "ctl", "client": client, "accept": ["pdf"], "max_files": 3}).to_string()))
         .expect("req");
     let (res, body) = send(req).await;
@@ -749,6 +750,19 @@ async fn control_api_manages_handles_sessions_and_files() {
         (status, body["error"].as_str()),
         (StatusCode::NOT_FOUND, Some("invalid_handle"))
     );
+    // A browser's cross-origin form post (no JSON type) and a rebinding page (foreign Host) are refused.
+    let form = Request::post(gw.control_url("/v1/handles"))
+        .header("content-type", "text/plain")
+        .body(upgate::body::full(
+            serde_json::json!({"session": "x", "client": client}).to_string(),
+        ))
+        .expect("req");
+    assert_eq!(send(form).await.0.status, StatusCode::BAD_REQUEST);
+    let rebound = Request::get(gw.control_url("/v1/sessions/ctl/files"))
+        .header("host", "evil.example:9091")
+        .body(upgate::body::empty())
+        .expect("req");
+    assert_eq!(send(rebound).await.0.status, StatusCode::FORBIDDEN);
     let (_, body) = get(&gw.control_url("/v1/sessions/ctl/files")).await;
     assert!(json(&body)["files"].as_array().expect("files").is_empty());
 
@@ -760,6 +774,7 @@ async fn control_api_manages_handles_sessions_and_files() {
     ] {
         let (res, body) = send(
             Request::post(gw.control_url("/v1/handles"))
+                .header("content-type", "application/json")
                 .body(upgate::body::full(bad.to_string()))
                 .expect("req"),
         )

@@ -551,9 +551,9 @@ pub fn client() -> Client<hyper_util::client::legacy::connect::HttpConnector, Bo
 
 /// Sends a request and collects the answer (small bodies only).
 pub async fn send(req: Request<Body>) -> (http::response::Parts, Bytes) {
-    let res = within(30, client().request(req)).await.expect("request");
+    let res = within(120, client().request(req)).await.expect("request");
     let (parts, body) = res.into_parts();
-    let bytes = within(30, body.collect()).await.expect("body").to_bytes();
+    let bytes = within(120, body.collect()).await.expect("body").to_bytes();
     (parts, bytes)
 }
 

@@ -8,6 +8,9 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::config::ControlListen;
 
+/// The `Host` this client sends; the control API takes it as local.
+pub const HOST: &str = "upgate-control";
+
 /// `POST path` on the control listener; an error means no gateway answered.
 pub async fn post(listen: &ControlListen, path: &str) -> anyhow::Result<(StatusCode, Bytes)> {
     let timeout = std::time::Duration::from_secs(300);
@@ -29,7 +32,7 @@ where
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     tokio::spawn(conn);
     let req = Request::post(path)
-        .header(http::header::HOST, "upgate-control")
+        .header(http::header::HOST, HOST)
         .body(crate::body::empty())?;
     let res = sender.send_request(req).await?;
     let status = res.status();

@@ -40,6 +40,18 @@ impl Control {
 
     /// The control service: never fails; errors become the JSON of SPEC.md.
     pub async fn serve(&self, req: Request<Incoming>) -> Response<Body> {
+        if !local_host(
+            req.headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok()),
+        ) {
+            // A browser page that rebinds its own name to 127.0.0.1 still sends its own Host.
+            let e = Error::new(
+                Kind::Forbidden,
+                "the control API answers only to a local Host",
+            );
+            return body::json(e.status(), &e.body(false));
+        }
         let api = Api {
             gateway: self.live.load_full(),
         };
@@ -299,8 +311,39 @@ impl RegisterRequest {
     }
 }
 
-/// Reads a small JSON body (at most 64 KiB).
+/// Whether a `Host` names this machine: a loopback address, `localhost`, or the name upgate's own
+/// client uses; no Host at all (HTTP/1.0) is local too.
+fn local_host(host: Option<&str>) -> bool {
+    let Some(host) = host else { return true };
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host, |(h, _)| h),
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name == client::HOST
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Reads a small JSON body (at most 64 KiB). `Content-Type: application/json` is required: a
+/// browser cannot send it across origins without a preflight, which the control API never grants.
 async fn read_json<T: serde::de::DeserializeOwned>(req: Request<Incoming>) -> Result<T> {
+    let json = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| {
+            ct.trim_start()
+                .to_ascii_lowercase()
+                .starts_with("application/json")
+        });
+    if !json {
+        return Err(Error::new(
+            Kind::BadRequest,
+            "send the body as Content-Type: application/json",
+        ));
+    }
     use http_body_util::BodyExt;
     let bytes = http_body_util::Limited::new(req.into_body(), 64 * 1024)
         .collect()
@@ -326,4 +369,33 @@ fn no_content() -> Response<Body> {
 
 fn rfc3339(unix: u64) -> String {
     humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(unix)).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_local_hosts() {
+        for ok in [
+            None,
+            Some("127.0.0.1:9091"),
+            Some("localhost"),
+            Some("LOCALHOST:1"),
+            Some("[::1]:9091"),
+            Some("127.1.2.3"),
+            Some("upgate-control"),
+        ] {
+            assert!(local_host(ok), "{ok:?}");
+        }
+        for bad in [
+            Some("evil.example"),
+            Some("evil.example:9091"),
+            Some("10.0.0.1:9091"),
+            Some("[::2]:1"),
+            Some("localhost.evil"),
+        ] {
+            assert!(!local_host(bad), "{bad:?}");
+        }
+    }
 }

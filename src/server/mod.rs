@@ -111,7 +111,7 @@ async fn bind_tcp(addr: SocketAddr, key: &str) -> anyhow::Result<TcpListener> {
         .with_context(|| format!("{key}: cannot listen on {addr}"))
 }
 
-/// A unix socket only its owner may use: created under a 0077 umask-equivalent by chmod before anyone can connect.
+/// A unix socket only its owner may use.
 fn bind_unix(path: &std::path::Path) -> anyhow::Result<UnixListener> {
     use std::os::unix::fs::PermissionsExt;
     if path.exists() {
@@ -122,8 +122,12 @@ fn bind_unix(path: &std::path::Path) -> anyhow::Result<UnixListener> {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("control.listen: cannot create {}", dir.display()))?;
     }
-    let listener = UnixListener::bind(path)
-        .with_context(|| format!("control.listen: cannot listen on {}", path.display()))?;
+    // Created under a 0177 umask, so the socket is never, even for an instant, open to others.
+    let previous = rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o177));
+    let bound = UnixListener::bind(path);
+    rustix::process::umask(previous);
+    let listener =
+        bound.with_context(|| format!("control.listen: cannot listen on {}", path.display()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
         .with_context(|| format!("control.listen: cannot chmod {}", path.display()))?;
     Ok(listener)

@@ -31,9 +31,30 @@ pub struct SessionLocks {
 }
 
 impl SessionLocks {
-    pub async fn lock(&self, token: &Arc<str>) -> tokio::sync::OwnedMutexGuard<()> {
+    pub async fn lock(self: &Arc<Self>, token: &Arc<str>) -> SessionGuard {
         let lock = self.locks.entry(token.clone()).or_default().clone();
-        lock.lock_owned().await
+        SessionGuard {
+            guard: Some(lock.lock_owned().await),
+            token: token.clone(),
+            locks: self.clone(),
+        }
+    }
+}
+
+/// A held session lock; the last one out removes the lock from the map, so it does not grow.
+pub struct SessionGuard {
+    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+    token: Arc<str>,
+    locks: Arc<SessionLocks>,
+}
+
+impl Drop for SessionGuard {
+    fn drop(&mut self) {
+        drop(self.guard.take());
+        // Only the map's own reference left: nobody holds or waits for this lock.
+        self.locks
+            .locks
+            .remove_if(&self.token, |_, l| Arc::strong_count(l) == 1);
     }
 }
 

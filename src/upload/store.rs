@@ -60,7 +60,11 @@ impl Store {
     pub fn persist(&self, temp: &Path, id: &str) -> io::Result<()> {
         let target = self.blob_path(id);
         let dir = target.parent().unwrap_or(&self.files);
-        fs::create_dir_all(dir)?;
+        if !dir.exists() {
+            fs::create_dir_all(dir)?;
+            // A new shard's own entry must be durable too, or a power cut can lose it.
+            fs::File::open(&self.files)?.sync_all()?;
+        }
         fs::rename(temp, &target)?;
         fs::File::open(dir)?.sync_all()
     }
