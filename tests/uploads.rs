@@ -583,19 +583,7 @@ async fn a_body_cut_off_mid_part_leaves_nothing() {
     let gw = TestGateway::start(&up.url(), "").await;
     let b = register(&gw, "cut").await;
     let body = multipart(&[("f", Some("cut.txt"), &vec![b'x'; 512 * 1024])]);
-    let head = format!(
-        "POST /uploads HTTP/1.1\r\nHost: x\r\nCookie: {}\r\nX-Upload-Handle: {}\r\nContent-Type: {}\r\nContent-Length: {}\r\n\r\n",
-        b.cookie,
-        b.handle,
-        multipart_type(),
-        body.len()
-    );
-    let mut stream = within(5, tokio::net::TcpStream::connect(gw.addr))
-        .await
-        .expect("connect");
-    within(5, stream.write_all(head.as_bytes()))
-        .await
-        .expect("head");
+    let mut stream = raw_upload(gw.addr, &b, body.len()).await;
     within(5, stream.write_all(&body[..300 * 1024]))
         .await
         .expect("part");
@@ -1124,19 +1112,7 @@ async fn a_stalled_body_is_408() {
     let gw = TestGateway::start(&up.url(), "idle_timeout = \"500ms\"\n").await;
     let b = register(&gw, "stall").await;
     let body = multipart(&[("f", Some("slow.txt"), &vec![b'x'; 64 * 1024])]);
-    let head = format!(
-        "POST /uploads HTTP/1.1\r\nHost: x\r\nCookie: {}\r\nX-Upload-Handle: {}\r\nContent-Type: {}\r\nContent-Length: {}\r\n\r\n",
-        b.cookie,
-        b.handle,
-        multipart_type(),
-        body.len()
-    );
-    let mut stream = within(5, tokio::net::TcpStream::connect(gw.addr))
-        .await
-        .expect("connect");
-    within(5, stream.write_all(head.as_bytes()))
-        .await
-        .expect("head");
+    let mut stream = raw_upload(gw.addr, &b, body.len()).await;
     within(5, stream.write_all(&body[..1000]))
         .await
         .expect("some body");
@@ -1153,4 +1129,22 @@ async fn a_stalled_body_is_408() {
         }
     })
     .await;
+}
+
+/// A raw connection that has sent the head of an upload of `len` body bytes, and nothing else yet.
+async fn raw_upload(addr: std::net::SocketAddr, b: &Browser, len: usize) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let head = format!(
+        "POST /uploads HTTP/1.1\r\nHost: x\r\nCookie: {}\r\nX-Upload-Handle: {}\r\nContent-Type: {}\r\nContent-Length: {len}\r\n\r\n",
+        b.cookie,
+        b.handle,
+        multipart_type(),
+    );
+    let mut stream = within(5, tokio::net::TcpStream::connect(addr))
+        .await
+        .expect("connect");
+    within(5, stream.write_all(head.as_bytes()))
+        .await
+        .expect("head");
+    stream
 }

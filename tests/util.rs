@@ -442,27 +442,8 @@ impl TestGateway {
     pub async fn start_with(upstream: &str, extra: impl FnOnce(&Path) -> String) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         write_secret(dir.path());
-        let text = config_text(dir.path(), upstream, &extra(dir.path()));
-        let config = upgate::config::Config::from_file(
-            upgate::config::parse_file(&text).expect("parse"),
-            dir.path(),
-        )
-        .expect("valid config");
-        let running = within(10, upgate::cli::start(config))
-            .await
-            .expect("gateway starts");
-        Self {
-            addr: running
-                .http
-                .first()
-                .copied()
-                .or(running.https.first().copied())
-                .expect("a listener"),
-            control: running.control.expect("tcp control"),
-            dir,
-            extra: String::new(),
-            running: Some(running),
-        }
+        let extra = extra(dir.path());
+        Self::start_in(dir, upstream, extra).await
     }
 
     /// Stops this gateway, waits for it to drain (and let go of its storage); keeps its folder.
@@ -479,15 +460,10 @@ impl TestGateway {
     }
 
     /// Stops this gateway, waits for it to drain, and starts a new one on the same storage and secret.
-    pub async fn restart(mut self, upstream: &str) -> Self {
-        let running = self.running.take().expect("running");
-        assert!(
-            within(30, running.drain(Duration::from_secs(20))).await,
-            "drained"
-        );
-        let dir = tempfile::TempDir::new().expect("placeholder");
-        let old = std::mem::replace(&mut self.dir, dir);
-        Self::start_in(old, upstream, self.extra.clone()).await
+    pub async fn restart(self, upstream: &str) -> Self {
+        let extra = self.extra.clone();
+        let dir = self.stop().await;
+        Self::start_in(dir, upstream, extra).await
     }
 
     async fn start_in(dir: tempfile::TempDir, upstream: &str, extra: String) -> Self {
