@@ -37,24 +37,39 @@ pub struct Registry {
 }
 
 impl Registry {
-    /// Loads the live handles of the database.
-    pub fn load(db: &Db, ttl: Duration, now: u64) -> Result<Registry, DbError> {
-        let registry = Registry {
+    /// An empty registry whose handles live `ttl` after their last resolve.
+    pub fn new(ttl: Duration) -> Registry {
+        Registry {
             live: DashMap::new(),
             bindings: DashMap::new(),
             limits: DashMap::new(),
             ttl_secs: AtomicU64::new(ttl.as_secs().max(1)),
             rng: SystemRandom::new(),
-        };
+        }
+    }
+
+    /// Loads the live handles of the database.
+    pub fn load(db: &Db, ttl: Duration, now: u64) -> Result<Registry, DbError> {
+        let registry = Registry::new(ttl);
         for (token, session) in db.sessions()? {
-            registry.limits.insert(token.into(), session.limits);
+            registry.restore_session(&token, session.limits);
         }
         for (handle, record) in db.handles()? {
             if record.expires_at > now {
-                registry.insert(handle.into(), &record);
+                registry.restore_handle(&handle, &record);
             }
         }
         Ok(registry)
+    }
+
+    /// Takes in a session's limits as stored, without writing them (what loading does).
+    pub fn restore_session(&self, token: &str, limits: Limits) {
+        self.limits.insert(token.into(), limits);
+    }
+
+    /// Takes in a handle as stored, without writing it (what loading does).
+    pub fn restore_handle(&self, handle: &str, record: &HandleRecord) {
+        self.insert(handle.into(), record);
     }
 
     fn insert(&self, handle: Box<str>, record: &HandleRecord) {

@@ -1,0 +1,104 @@
+//! The handle registry's benchmark (bench/run, item 5): resolves per second on one thread with a
+//! million live handles, and the resident memory each handle costs.
+//!
+//! `cargo bench --bench registry [-- HANDLES [ROUNDS]]` prints one line:
+//! `handles=N resolves_per_sec=R bytes_per_handle=B` (the median of ROUNDS passes over every handle).
+//!
+//! Each handle has its own session token and client, as when every browser uploads in its own
+//! session (the costliest case for memory), and the limits of a typical registration
+//! (`accept=pdf,png; max-bytes=10MiB; max-files=20`). Handles are resolved in the order they were
+//! made, which is random order in the table.
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use upgate::db::{HandleRecord, Limits};
+use upgate::handles::Registry;
+
+/// Resident memory of this process in bytes, from /proc/self/status.
+fn rss() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// A deterministic stream of 16-byte values, as b64url (the shape of handles and client keys).
+struct Ids(u64);
+
+impl Ids {
+    fn next(&mut self) -> String {
+        let mut bytes = [0u8; 16];
+        for chunk in bytes.chunks_mut(8) {
+            self.0 = self
+                .0
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            chunk.copy_from_slice(&(self.0 ^ (self.0 >> 29)).to_le_bytes());
+        }
+        URL_SAFE_NO_PAD.encode(bytes)
+    }
+}
+
+fn main() {
+    let mut args = std::env::args().skip(1).filter(|a| a != "--bench");
+    let n: usize = args
+        .next()
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(1_000_000);
+    let rounds: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(5);
+    let now = 1_800_000_000u64;
+    let mut ids = Ids(7);
+    let handles: Vec<String> = (0..n).map(|_| ids.next()).collect();
+    let clients: Vec<String> = (0..n).map(|_| ids.next()[..22].to_string()).collect();
+    let tokens: Vec<String> = (0..n)
+        .map(|i| format!("session-{i:016x}-{}", ids.next()))
+        .collect();
+    let limits = Limits {
+        accept: Some(vec!["pdf".into(), "png".into()]),
+        max_bytes: Some(10 << 20),
+        max_files: Some(20),
+    };
+
+    let before = rss();
+    let registry = Registry::new(Duration::from_secs(3600));
+    for i in 0..n {
+        registry.restore_session(&tokens[i], limits.clone());
+        let record = HandleRecord {
+            token: tokens[i].clone(),
+            client: clients[i].clone(),
+            expires_at: now + 3600,
+        };
+        registry.restore_handle(&handles[i], &record);
+    }
+    let bytes_per_handle = rss().saturating_sub(before) as f64 / n as f64;
+    assert_eq!(registry.len(), n);
+
+    let mut rates = Vec::new();
+    for round in 0..rounds {
+        let started = Instant::now();
+        let mut found = 0usize;
+        for (h, c) in handles.iter().zip(&clients) {
+            found += usize::from(black_box(registry.resolve(h, c, now + round as u64)).is_some());
+        }
+        let secs = started.elapsed().as_secs_f64();
+        assert_eq!(found, n, "every handle resolves");
+        rates.push(n as f64 / secs);
+    }
+    // A foreign client must not resolve a handle, whatever the speed.
+    assert!(registry.resolve(&handles[0], &clients[1], now).is_none());
+    rates.sort_by(f64::total_cmp);
+    let median = rates[rates.len() / 2];
+    println!(
+        "handles={n} resolves_per_sec={median:.0} bytes_per_handle={bytes_per_handle:.0} rounds={}",
+        rates
+            .iter()
+            .map(|r| format!("{:.2}M", r / 1e6))
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+}

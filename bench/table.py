@@ -1,0 +1,81 @@
+"""bench/run's table: medians of each figure, ratios measured in the same run, and the goals of issue 7.
+
+python3 bench/table.py RESULTS_FILE "MACHINE LINE" ROUNDS
+"""
+import statistics
+import sys
+from collections import defaultdict
+
+values = defaultdict(list)
+for line in open(sys.argv[1]):
+    key, _, value = line.strip().partition("=")
+    if value:
+        values[key].append(float(value))
+machine, rounds = sys.argv[2], sys.argv[3]
+
+
+def med(key):
+    v = values.get(key)
+    return statistics.median(v) if v else None
+
+
+def fmt(x, digits=0):
+    if x is None:
+        return "–"
+    return f"{x:,.{digits}f}"
+
+
+def ratio(a, b):
+    return a / b if a is not None and b else None
+
+
+rows = []
+
+
+def row(item, measure, upgate, other, r, goal, met, d=0):
+    verdict = "–" if met is None else ("yes" if met else "**no**")
+    r_text = "–" if r is None else f"{r:.2f}×"
+    rows.append(f"| {item} | {measure} | {fmt(upgate, d)} | {other} | {r_text} | {goal} | {verdict} |")
+
+
+def check(x, test):
+    return None if x is None else test(x)
+
+
+if "proxy_upgate_rps" in values:
+    u, n = med("proxy_upgate_rps"), med("proxy_nginx_rps")
+    r = ratio(u, n)
+    row(1, "proxy req/s", u, f"nginx {fmt(n)}", r, "≥ 1.25×", check(r, lambda x: x >= 1.25))
+    u, n = med("proxy_upgate_p99"), med("proxy_nginx_p99")
+    r = ratio(u, n)
+    row(1, "proxy p99 ms", u, f"nginx {fmt(n, 2)}", r, "≤ 1.00×", check(r, lambda x: x <= 1.0), 2)
+if "upload_mbps" in values:
+    u, d = med("upload_mbps"), med("dd_mbps")
+    r = ratio(u, d)
+    row(2, "1 GiB upload MB/s", u, f"dd fdatasync {fmt(d)}", r, "≥ 0.80×", check(r, lambda x: x >= 0.8))
+    m = med("upload_rss")
+    row(2, "peak RSS MiB", m, "", None, "≤ 32", check(m, lambda x: x <= 32), 1)
+if "many_mbps" in values:
+    acc = min(values["many_accepted"])
+    row(3, "500×1 MiB accepted (worst round)", acc, "of 500", None, "all", acc == 500)
+    row(3, "aggregate MB/s", med("many_mbps"), "", None, "", None)
+    m = med("many_rss")
+    row(3, "peak RSS MiB", m, "", None, "≤ 128", check(m, lambda x: x <= 128), 1)
+if "files_nginx_rps" in values:
+    n = med("files_nginx_rps")
+    for who, route in (("files", "/files"), ("media", "/media")):
+        u = med(f"files_{who}_rps")
+        r = ratio(u, n)
+        row(4, f"{route} 1 KiB req/s", u, f"nginx secure_link {fmt(n)}", r, "≥ 1.00×",
+            check(r, lambda x: x >= 1.0))
+if "resolves" in values:
+    v = med("resolves")
+    row(5, "resolves/s, 1M handles, 1 thread", v, "", None, "≥ 5,000,000", check(v, lambda x: x >= 5e6))
+    b = med("bytes_per_handle")
+    row(5, "bytes per handle", b, "", None, "≤ 256", check(b, lambda x: x <= 256))
+
+print(f"Machine: {machine}; medians of {rounds} rounds")
+print()
+print("| # | measure | upgate | against | ratio | goal | met |")
+print("|---|---|---:|---|---:|---|---|")
+print("\n".join(rows))
