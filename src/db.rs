@@ -65,7 +65,7 @@ pub struct HandleRecord {
 }
 
 /// Per-session limits set by the registration; `None` keeps the configured default.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq, Hash)]
 pub struct Limits {
     pub accept: Option<Vec<String>>,
     pub max_bytes: Option<u64>,

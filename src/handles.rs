@@ -1,14 +1,21 @@
 //! The handle registry (SPEC §4): opaque handles bound to one client and one upstream session,
 //! sliding expiry, kept in memory for the request path and in the state database for restarts.
+//!
+//! The request path only resolves, so the table is laid out for that: a handle is its 16 random
+//! bytes (not its 22-character text), the client key sits inline in the entry, the session's token
+//! and its limits are shared `Arc`s (limits interned, since most sessions share a few policies), and
+//! expiries are 32-bit seconds. A resolve is one lookup in one map, with no allocation.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use dashmap::DashMap;
 use ring::rand::{SecureRandom, SystemRandom};
+use smallvec::SmallVec;
 
 use crate::db::{Db, DbError, HandleRecord, Limits, SessionRecord};
 
@@ -16,22 +23,103 @@ use crate::db::{Db, DbError, HandleRecord, Limits, SessionRecord};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Session {
     pub token: Arc<str>,
-    pub limits: Limits,
+    /// Shared by every session registered with the same limits.
+    pub limits: Arc<Limits>,
+}
+
+type Map<K, V> = DashMap<K, V, foldhash::fast::RandomState>;
+
+/// A handle's 128 random bits; clients hold them as 22 base64url characters.
+type Key = [u8; 16];
+
+/// The bits of a handle's text; `None` for anything upgate cannot have issued (the base64url
+/// decoder refuses non-canonical text, so one handle has exactly one spelling).
+fn key(handle: &str) -> Option<Key> {
+    if handle.len() != 22 {
+        return None;
+    }
+    let mut out = [0u8; 18];
+    match URL_SAFE_NO_PAD.decode_slice(handle, &mut out) {
+        Ok(16) => {
+            let mut key = [0u8; 16];
+            key.copy_from_slice(&out[..16]);
+            Some(key)
+        }
+        _ => None,
+    }
+}
+
+fn text(key: &Key) -> String {
+    URL_SAFE_NO_PAD.encode(key)
+}
+
+/// Unix seconds as kept in memory: 32 bits last until 2106; later times are clamped.
+fn secs(t: u64) -> u32 {
+    u32::try_from(t).unwrap_or(u32::MAX)
+}
+
+/// A client key (SPEC §2: 22 base64url characters) inline: its bytes, zero-padded, and its length
+/// in the last byte. Longer keys are not client keys and are refused.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct ClientKey([u8; 24]);
+
+impl ClientKey {
+    const MAX: usize = 23;
+
+    fn new(client: &str) -> Option<ClientKey> {
+        let b = client.as_bytes();
+        if b.len() > Self::MAX {
+            return None;
+        }
+        let mut k = [0u8; 24];
+        k[..b.len()].copy_from_slice(b);
+        k[Self::MAX] = b.len() as u8;
+        Some(ClientKey(k))
+    }
+
+    fn as_str(&self) -> &str {
+        let len = usize::from(self.0[Self::MAX]).min(Self::MAX);
+        std::str::from_utf8(&self.0[..len]).unwrap_or_default()
+    }
+
+    fn words(&self) -> [u64; 3] {
+        let mut w = [0u64; 3];
+        for (w, c) in w.iter_mut().zip(self.0.chunks_exact(8)) {
+            *w = u64::from_ne_bytes(c.try_into().unwrap_or_default());
+        }
+        w
+    }
+
+    /// Equality that takes the same time wherever the keys differ: the three words are XORed and
+    /// ORed together, with no early exit.
+    fn same(&self, other: &ClientKey) -> bool {
+        let (a, b) = (self.words(), other.words());
+        std::hint::black_box((a[0] ^ b[0]) | (a[1] ^ b[1]) | (a[2] ^ b[2])) == 0
+    }
 }
 
 struct Entry {
     token: Arc<str>,
-    client: Box<str>,
-    expires_at: AtomicU64,
+    limits: Arc<Limits>,
+    client: ClientKey,
+    expires_at: AtomicU32,
     /// The expiry last written to the database; refreshes are flushed in batches.
-    persisted: AtomicU64,
+    persisted: AtomicU32,
+}
+
+/// A session token: its limits and its handles (usually one), for re-registration, limit changes
+/// and revocation without scanning every handle.
+struct SessionEntry {
+    limits: Arc<Limits>,
+    handles: SmallVec<[Key; 1]>,
 }
 
 pub struct Registry {
-    live: DashMap<Box<str>, Entry>,
-    /// (token, client) -> handle, so that re-registering returns the same handle.
-    bindings: DashMap<(Arc<str>, Box<str>), Box<str>>,
-    limits: DashMap<Arc<str>, Limits>,
+    live: Map<Key, Entry>,
+    /// Keyed by the token; its key is the one `Arc<str>` every entry of the token shares.
+    sessions: Map<Arc<str>, SessionEntry>,
+    /// Each distinct `Limits` once; pruned of those no session holds.
+    interned: Mutex<HashSet<Arc<Limits>>>,
     ttl_secs: AtomicU64,
     rng: SystemRandom,
 }
@@ -40,9 +128,9 @@ impl Registry {
     /// An empty registry whose handles live `ttl` after their last resolve.
     pub fn new(ttl: Duration) -> Registry {
         Registry {
-            live: DashMap::new(),
-            bindings: DashMap::new(),
-            limits: DashMap::new(),
+            live: Map::default(),
+            sessions: Map::default(),
+            interned: Mutex::default(),
             ttl_secs: AtomicU64::new(ttl.as_secs().max(1)),
             rng: SystemRandom::new(),
         }
@@ -64,31 +152,70 @@ impl Registry {
 
     /// Takes in a session's limits as stored, without writing them (what loading does).
     pub fn restore_session(&self, token: &str, limits: Limits) {
-        self.limits.insert(token.into(), limits);
+        self.set_limits(token, self.intern(limits));
     }
 
-    /// Takes in a handle as stored, without writing it (what loading does).
+    /// Takes in a handle as stored, without writing it (what loading does). A record upgate could
+    /// not have written (a malformed handle or client key) is skipped.
     pub fn restore_handle(&self, handle: &str, record: &HandleRecord) {
-        self.insert(handle.into(), record);
+        match (key(handle), ClientKey::new(&record.client)) {
+            (Some(key), Some(client)) => self.insert(key, &record.token, client, record.expires_at),
+            _ => tracing::warn!("a malformed handle record in the state database is ignored"),
+        }
     }
 
-    fn insert(&self, handle: Box<str>, record: &HandleRecord) {
-        let token: Arc<str> = self
-            .limits
-            .get_mut(record.token.as_str())
-            .map(|e| e.key().clone())
-            .unwrap_or_else(|| record.token.as_str().into());
-        self.bindings.insert(
-            (token.clone(), record.client.as_str().into()),
-            handle.clone(),
-        );
+    fn intern(&self, limits: Limits) -> Arc<Limits> {
+        let mut set = self.interned.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(shared) = set.get(&limits) {
+            return shared.clone();
+        }
+        let shared = Arc::new(limits);
+        set.insert(shared.clone());
+        shared
+    }
+
+    /// Sets a token's limits, for its live handles too.
+    fn set_limits(&self, token: &str, limits: Arc<Limits>) {
+        let mut session = match self.sessions.get_mut(token) {
+            Some(s) => s,
+            None => self.sessions.entry(token.into()).or_insert(SessionEntry {
+                limits: limits.clone(),
+                handles: SmallVec::new(),
+            }),
+        };
+        if Arc::ptr_eq(&session.limits, &limits) {
+            return;
+        }
+        session.limits = limits.clone();
+        for h in &session.handles {
+            if let Some(mut e) = self.live.get_mut(h) {
+                e.limits = limits.clone();
+            }
+        }
+    }
+
+    fn insert(&self, key: Key, token: &str, client: ClientKey, expires_at: u64) {
+        let (token, limits) = {
+            let mut session = match self.sessions.get_mut(token) {
+                Some(s) => s,
+                None => self.sessions.entry(token.into()).or_insert(SessionEntry {
+                    limits: self.intern(Limits::default()),
+                    handles: SmallVec::new(),
+                }),
+            };
+            if !session.handles.contains(&key) {
+                session.handles.push(key);
+            }
+            (session.key().clone(), session.limits.clone())
+        };
         self.live.insert(
-            handle,
+            key,
             Entry {
                 token,
-                client: record.client.as_str().into(),
-                expires_at: AtomicU64::new(record.expires_at),
-                persisted: AtomicU64::new(record.expires_at),
+                limits,
+                client,
+                expires_at: AtomicU32::new(secs(expires_at)),
+                persisted: AtomicU32::new(secs(expires_at)),
             },
         );
     }
@@ -120,21 +247,15 @@ impl Registry {
         limits: Limits,
         now: u64,
     ) -> Result<(String, u64), DbError> {
+        let ck = ClientKey::new(client)
+            .ok_or_else(|| DbError::from("not a client key: too long".to_string()))?;
         let expires_at = now + self.ttl();
-        let key: (Arc<str>, Box<str>) = (token.into(), client.into());
-        let existing = self
-            .bindings
-            .get(&key)
-            .map(|h| h.value().clone())
-            .filter(|h| {
-                self.live
-                    .get(h)
-                    .is_some_and(|e| e.expires_at.load(Ordering::Acquire) > now)
-            });
-        let handle = match existing {
-            Some(h) => h,
-            None => self.new_handle()?.into(),
+        let existing = self.live_handle(token, &ck, now);
+        let key = match existing {
+            Some(k) => k,
+            None => self.new_key()?,
         };
+        let handle = text(&key);
         let record = HandleRecord {
             token: token.into(),
             client: client.into(),
@@ -148,57 +269,66 @@ impl Registry {
                 alive_until: expires_at,
             },
         )?;
-        self.limits.insert(token.into(), limits);
-        self.insert(handle.clone(), &record);
-        Ok((handle.into(), expires_at))
+        self.set_limits(token, self.intern(limits));
+        self.insert(key, token, ck, expires_at);
+        Ok((handle, expires_at))
     }
 
-    fn new_handle(&self) -> Result<String, DbError> {
-        let mut bytes = [0u8; 16];
+    /// The live handle of `token` for `client`, if there is one.
+    fn live_handle(&self, token: &str, client: &ClientKey, now: u64) -> Option<Key> {
+        let handles = self.sessions.get(token)?.handles.clone();
+        handles.into_iter().find(|h| {
+            self.live.get(h).is_some_and(|e| {
+                e.client.same(client) && e.expires_at.load(Ordering::Acquire) > secs(now)
+            })
+        })
+    }
+
+    fn new_key(&self) -> Result<Key, DbError> {
+        let mut key = [0u8; 16];
         self.rng
-            .fill(&mut bytes)
+            .fill(&mut key)
             .map_err(|_| DbError::from("no system randomness".to_string()))?;
-        Ok(URL_SAFE_NO_PAD.encode(bytes))
+        Ok(key)
     }
 
     /// The session of a handle presented by `client`, refreshing its expiry; `None` for an unknown,
     /// expired or other client's handle alike.
     pub fn resolve(&self, handle: &str, client: &str, now: u64) -> Option<Session> {
-        let entry = self.live.get(handle)?;
-        let same_client = ring_eq(entry.client.as_bytes(), client.as_bytes());
-        if !same_client || entry.expires_at.load(Ordering::Acquire) <= now {
+        let (key, client) = (key(handle)?, ClientKey::new(client)?);
+        let entry = self.live.get(&key)?;
+        let same_client = entry.client.same(&client);
+        let live = entry.expires_at.load(Ordering::Acquire) > secs(now);
+        if !(same_client & live) {
             return None;
         }
-        entry.expires_at.store(now + self.ttl(), Ordering::Release);
-        let limits = self
-            .limits
-            .get(&*entry.token)
-            .map(|l| l.clone())
-            .unwrap_or_default();
+        entry
+            .expires_at
+            .store(secs(now + self.ttl()), Ordering::Release);
         Some(Session {
             token: entry.token.clone(),
-            limits,
+            limits: entry.limits.clone(),
         })
     }
 
     /// Ends every handle of `token`; returns how many.
     pub fn revoke(&self, db: &Db, token: &str) -> Result<usize, DbError> {
-        let mut ended = Vec::new();
-        self.live.retain(|handle, e| {
-            let keep = &*e.token != token;
-            if !keep {
-                ended.push(handle.to_string());
-            }
-            keep
-        });
-        self.bindings.retain(|(t, _), _| &**t != token);
-        db.remove_handles(&ended)?;
+        let ended: SmallVec<[Key; 1]> = self
+            .sessions
+            .get_mut(token)
+            .map(|mut s| std::mem::take(&mut s.handles))
+            .unwrap_or_default();
+        for h in &ended {
+            self.live.remove(h);
+        }
+        db.remove_handles(&ended.iter().map(text).collect::<Vec<_>>())?;
         Ok(ended.len())
     }
 
-    /// Forgets the limits of an ended session (its handles are revoked separately).
+    /// Forgets the limits of an ended session (its handles are revoked separately); a session
+    /// that still has handles keeps its entry.
     pub fn forget_session(&self, token: &str) {
-        self.limits.remove(token);
+        self.sessions.remove_if(token, |_, s| s.handles.is_empty());
     }
 
     /// Writes refreshed expiries older in the database than `step` seconds; called in the background.
@@ -206,13 +336,13 @@ impl Registry {
         let mut refreshed = Vec::new();
         for e in self.live.iter() {
             let expires = e.expires_at.load(Ordering::Acquire);
-            if expires >= e.persisted.load(Ordering::Acquire) + step {
+            if u64::from(expires) >= u64::from(e.persisted.load(Ordering::Acquire)) + step {
                 let record = HandleRecord {
                     token: e.token.to_string(),
-                    client: e.client.to_string(),
-                    expires_at: expires,
+                    client: e.client.as_str().to_string(),
+                    expires_at: u64::from(expires),
                 };
-                refreshed.push((e.key().to_string(), record));
+                refreshed.push((text(e.key()), record));
             }
         }
         if refreshed.is_empty() {
@@ -220,8 +350,9 @@ impl Registry {
         }
         db.refresh_handles(&refreshed)?;
         for (handle, record) in &refreshed {
-            if let Some(e) = self.live.get(handle.as_str()) {
-                e.persisted.fetch_max(record.expires_at, Ordering::AcqRel);
+            if let Some(e) = key(handle).and_then(|k| self.live.get(&k)) {
+                e.persisted
+                    .fetch_max(secs(record.expires_at), Ordering::AcqRel);
             }
         }
         Ok(refreshed.len())
@@ -230,38 +361,35 @@ impl Registry {
     /// Removes expired handles from memory and the database; returns how many.
     pub fn prune(&self, db: &Db, now: u64) -> Result<usize, DbError> {
         let mut ended = Vec::new();
-        self.live.retain(|handle, e| {
-            let live = e.expires_at.load(Ordering::Acquire) > now;
+        self.live.retain(|key, e| {
+            let live = e.expires_at.load(Ordering::Acquire) > secs(now);
             if !live {
-                ended.push(handle.to_string());
+                ended.push(text(key));
             }
             live
         });
-        self.bindings.retain(|_, h| self.live.contains_key(h));
+        for mut s in self.sessions.iter_mut() {
+            s.handles.retain(|h| self.live.contains_key(h));
+        }
+        self.interned
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|l| Arc::strong_count(l) > 1);
         db.remove_handles(&ended)?;
         Ok(ended.len())
     }
 
     /// Whether any live handle stands for `token`.
     pub fn has_live_handle(&self, token: &str, now: u64) -> bool {
-        self.live
-            .iter()
-            .any(|e| &*e.token == token && e.expires_at.load(Ordering::Acquire) > now)
+        let Some(handles) = self.sessions.get(token).map(|s| s.handles.clone()) else {
+            return false;
+        };
+        handles.iter().any(|h| {
+            self.live
+                .get(h)
+                .is_some_and(|e| e.expires_at.load(Ordering::Acquire) > secs(now))
+        })
     }
-}
-
-/// Constant-time equality, so that timing tells nothing about a client key.
-fn ring_eq(a: &[u8], b: &[u8]) -> bool {
-    use ring::hmac;
-    // Comparing HMACs under a per-process key is constant-time in the inputs and independent of length.
-    static KEY: std::sync::OnceLock<hmac::Key> = std::sync::OnceLock::new();
-    let key = KEY.get_or_init(|| {
-        let mut k = [0u8; 32];
-        let _ = SystemRandom::new().fill(&mut k);
-        hmac::Key::new(hmac::HMAC_SHA256, &k)
-    });
-    let ta = hmac::sign(key, a);
-    hmac::verify(key, b, ta.as_ref()).is_ok()
 }
 
 #[cfg(test)]
@@ -352,9 +480,71 @@ mod tests {
     }
 
     #[test]
-    fn constant_time_eq() {
-        assert!(ring_eq(b"abc", b"abc"));
-        assert!(!ring_eq(b"abc", b"abd"));
-        assert!(!ring_eq(b"abc", b"abcd"));
+    fn client_keys_compare_whole() {
+        let k = |s| ClientKey::new(s).expect("short enough");
+        assert!(k("abc").same(&k("abc")));
+        assert!(!k("abc").same(&k("abd")));
+        assert!(!k("abc").same(&k("abcd")));
+        assert!(!k("").same(&k("\0")), "the length is part of the key");
+        assert_eq!(
+            k("Zm9vYmFyYmF6cXV4cXV1eA").as_str(),
+            "Zm9vYmFyYmF6cXV4cXV1eA"
+        );
+        assert!(ClientKey::new(&"x".repeat(24)).is_none());
+    }
+
+    #[test]
+    fn only_canonical_handles_resolve() {
+        let (_d, db, reg) = setup();
+        let (h, _) = reg
+            .register(&db, "tok", "c", Limits::default(), 0)
+            .expect("register");
+        assert!(key(&h).is_some());
+        for bad in [
+            "",
+            "short",
+            &format!("{h}A"),
+            &h[..21],
+            &h.replace(|_: char| true, "*"),
+        ] {
+            assert!(reg.resolve(bad, "c", 1).is_none(), "{bad:?}");
+        }
+        // The same 128 bits with different trailing bits in the last character are not the handle.
+        let last = h.chars().last().expect("last");
+        let alias = format!("{}{}", &h[..21], if last == 'A' { 'B' } else { 'A' });
+        assert!(reg.resolve(&alias, "c", 1).is_none());
+        assert!(
+            reg.register(&db, "tok", &"c".repeat(40), Limits::default(), 0)
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn limits_follow_every_handle_of_a_session() {
+        let (_d, db, reg) = setup();
+        let three = Limits {
+            max_files: Some(3),
+            ..Limits::default()
+        };
+        let (a, _) = reg
+            .register(&db, "tok", "alice", three.clone(), 0)
+            .expect("a");
+        let (b, _) = reg
+            .register(&db, "tok", "bob", Limits::default(), 0)
+            .expect("b");
+        assert_eq!(
+            reg.resolve(&a, "alice", 1).expect("a").limits.max_files,
+            None
+        );
+        let (again, _) = reg.register(&db, "tok", "alice", three, 2).expect("again");
+        assert_eq!(again, a);
+        assert_eq!(
+            reg.resolve(&b, "bob", 3).expect("b").limits.max_files,
+            Some(3)
+        );
+        assert!(reg.has_live_handle("tok", 3));
+        assert_eq!(reg.revoke(&db, "tok").expect("revoke"), 2);
+        assert!(!reg.has_live_handle("tok", 3));
+        assert!(reg.resolve(&a, "alice", 4).is_none());
     }
 }
