@@ -67,7 +67,12 @@ pub async fn serve(
             "files answer GET and HEAD only",
         ));
     }
-    let (handle, len, modified) = open(file.path).await?;
+    let Opened {
+        file: handle,
+        len,
+        modified,
+        whole,
+    } = open(file.path).await?;
     let etag = range::etag(len, modified, file.etag_extra);
     let mut res = Response::new(body::empty());
     let h = res.headers_mut();
@@ -112,7 +117,10 @@ pub async fn serve(
     };
     describe(res.headers_mut(), &file, count);
     if method == Method::GET {
-        *res.body_mut() = stream(handle, start, count).await?;
+        *res.body_mut() = match whole {
+            Some(bytes) => body::full(bytes.slice(range_of(start, count))),
+            None => stream(tokio::fs::File::from_std(handle), start, count).await?,
+        };
     }
     Ok(res)
 }
@@ -129,14 +137,61 @@ pub fn conditional_headers(headers: &HeaderMap) -> HeaderMap {
     kept
 }
 
-/// Opens a regular file: (handle, length, modification time).
-async fn open(path: &Path) -> Result<(tokio::fs::File, u64, SystemTime)> {
-    let handle = tokio::fs::File::open(path).await.map_err(open_error)?;
-    let meta = handle.metadata().await.map_err(open_error)?;
+/// Files up to this size are read whole in the step that opens them: one trip to the blocking
+/// pool answers the request.
+const SMALL: u64 = 64 * 1024;
+
+/// A regular file, opened: its handle, length, modification time, and its bytes when it is small.
+struct Opened {
+    file: std::fs::File,
+    len: u64,
+    modified: SystemTime,
+    whole: Option<bytes::Bytes>,
+}
+
+async fn open(path: &Path) -> Result<Opened> {
+    let path = path.to_path_buf();
+    tokio::task::spawn_blocking(move || open_blocking(&path))
+        .await
+        .map_err(|e| Error::internal("a file thread failed", e))?
+}
+
+fn open_blocking(path: &Path) -> Result<Opened> {
+    use std::io::Read as _;
+    let file = std::fs::File::open(path).map_err(open_error)?;
+    let meta = file.metadata().map_err(open_error)?;
     if !meta.is_file() {
         return Err(Error::new(Kind::NotFound, "no such file"));
     }
-    Ok((handle, meta.len(), meta.modified().unwrap_or(UNIX_EPOCH)))
+    let len = meta.len();
+    let whole = if len <= SMALL {
+        let mut buf = Vec::with_capacity(usize::try_from(len).unwrap_or_default());
+        (&file)
+            .take(len)
+            .read_to_end(&mut buf)
+            .map_err(|e| Error::internal("reading a file", e))?;
+        if buf.len() as u64 != len {
+            return Err(Error::internal(
+                "reading a file",
+                io::Error::new(io::ErrorKind::UnexpectedEof, "the file shrank while read"),
+            ));
+        }
+        Some(bytes::Bytes::from(buf))
+    } else {
+        None
+    };
+    Ok(Opened {
+        file,
+        len,
+        modified: meta.modified().unwrap_or(UNIX_EPOCH),
+        whole,
+    })
+}
+
+/// `count` bytes from `start` as an index range of a file held in memory (at most [`SMALL`]).
+fn range_of(start: u64, count: u64) -> std::ops::Range<usize> {
+    let start = usize::try_from(start).unwrap_or(usize::MAX);
+    start..start.saturating_add(usize::try_from(count).unwrap_or(usize::MAX))
 }
 
 /// How a failed open or lookup answers, as nginx maps errno: absent 404, not readable 403.
