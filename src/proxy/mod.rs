@@ -22,7 +22,9 @@ use crate::signing::Secret;
 
 /// The upstream application: where it is and a keep-alive connection pool to it.
 pub struct Upstream {
-    client: Client<HttpConnector, Body>,
+    /// One pool per public worker thread, and one for every other thread (index 0): a pooled
+    /// connection is driven by the runtime that opened it, so each worker keeps its own.
+    clients: Vec<Client<HttpConnector, Body>>,
     scheme: Scheme,
     authority: Authority,
     response_timeout: Duration,
@@ -33,11 +35,13 @@ impl Upstream {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(cfg.connect_timeout));
         connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .build(connector);
+        let pool = || {
+            Client::builder(TokioExecutor::new())
+                .pool_idle_timeout(Duration::from_secs(60))
+                .build(connector.clone())
+        };
         Self {
-            client,
+            clients: (0..=crate::server::workers()).map(|_| pool()).collect(),
             scheme: cfg.scheme.clone(),
             authority: cfg.authority.clone(),
             response_timeout: cfg.response_timeout,
@@ -71,7 +75,8 @@ impl Upstream {
                 OnDrop(Some(sent)),
             ))
         });
-        let exchange = self.client.request(req);
+        let client = &self.clients[crate::server::worker() % self.clients.len()];
+        let exchange = client.request(req);
         tokio::pin!(exchange);
         let early = tokio::select! {
             res = &mut exchange => Some(res),

@@ -261,16 +261,11 @@ pub fn start(live: Live, control: Arc<Control>, bound: Bound) -> anyhow::Result<
         .collect::<anyhow::Result<Vec<_>>>()?;
     for listener in bound.http {
         tracing::info!(kind = "http", addr = %addr(&listener)?, "listening");
-        tokio::spawn(accept_public(listener, None, live.clone(), shared.clone()));
+        spawn_workers(listener, None, &live, &shared)?;
     }
     for listener in bound.https {
         tracing::info!(kind = "https", addr = %addr(&listener)?, "listening");
-        tokio::spawn(accept_public(
-            listener,
-            tls.clone(),
-            live.clone(),
-            shared.clone(),
-        ));
+        spawn_workers(listener, tls.clone(), &live, &shared)?;
     }
     let control_addr = match &bound.control {
         ControlSocket::Tcp(listener) => {
@@ -308,16 +303,68 @@ fn builder(header_timeout: Duration) -> auto::Builder<TokioExecutor> {
     b
 }
 
+/// How many threads serve the public listeners: one per core.
+pub fn workers() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
+}
+
+thread_local! {
+    /// Which public worker this thread is (1-based), or 0 on any other thread.
+    static WORKER: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// The public worker this thread is (1..=[`workers`]), or 0 on any other thread.
+pub fn worker() -> usize {
+    WORKER.with(std::cell::Cell::get)
+}
+
+/// Serves a public listener on one thread per core, each with its own single-threaded runtime
+/// (as nginx runs one worker process per core): a connection, its requests and the upstream
+/// connection they use stay on one thread, so a request is never handed between threads. The
+/// workers accept from the same socket; each ends when shutdown is asked for and its last
+/// connection has closed.
+fn spawn_workers(
+    listener: TcpListener,
+    tls: Option<Arc<ArcSwap<TlsAcceptor>>>,
+    live: &Live,
+    shared: &Shared,
+) -> anyhow::Result<()> {
+    let listener = listener.into_std().context("the public listener")?;
+    for n in 1..=workers() {
+        let socket = listener.try_clone().context("the public listener")?;
+        let (tls, live, shared) = (tls.clone(), live.clone(), shared.clone());
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting a worker runtime")?;
+        std::thread::Builder::new()
+            .name(format!("upgate-worker-{n}"))
+            .spawn(move || {
+                WORKER.with(|w| w.set(n));
+                runtime.block_on(async move {
+                    match TcpListener::from_std(socket) {
+                        Ok(listener) => accept_public(listener, tls, live, shared).await,
+                        Err(e) => tracing::error!(error = %e, "a worker cannot listen"),
+                    }
+                });
+            })
+            .context("starting a worker thread")?;
+    }
+    Ok(())
+}
+
 async fn accept_public(
     listener: TcpListener,
     tls: Option<Arc<ArcSwap<TlsAcceptor>>>,
     live: Live,
     shared: Shared,
 ) {
+    // This worker's connections hold a sender each; the worker returns when the last is gone.
+    let (mine, mut done) = mpsc::channel::<()>(1);
     let mut shutdown = shared.shutdown.clone();
     loop {
         let (stream, peer) = tokio::select! {
-            _ = stopped(&mut shutdown) => return,
+            _ = stopped(&mut shutdown) => break,
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
                 Err(e) => { accept_failed(e).await; continue; }
@@ -326,7 +373,9 @@ async fn accept_public(
         let _ = stream.set_nodelay(true);
         let (live, shared) = (live.clone(), shared.clone());
         let tls = tls.as_ref().map(|cell| cell.load_full());
+        let mine = mine.clone();
         tokio::spawn(async move {
+            let _mine = mine;
             let activity = Arc::new(Activity::new());
             let conn = Conn {
                 peer,
@@ -350,6 +399,8 @@ async fn accept_public(
             }
         });
     }
+    drop((listener, mine));
+    let _ = done.recv().await;
 }
 
 async fn accept_control(socket: ControlSocket, control: Arc<Control>, shared: Shared) {
