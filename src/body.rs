@@ -96,6 +96,78 @@ where
     }
 }
 
+/// A request body that, dropped before its end (an early answer: 413, 415, 400), is read on and
+/// thrown away for a while in the background, as nginx's lingering close does: closing a socket
+/// with unread data makes the kernel reset it, and the client would lose the answer.
+pub struct Linger {
+    inner: Option<hyper::body::Incoming>,
+}
+
+/// How long, and how much, a dropped body is read on.
+const LINGER_TIME: std::time::Duration = std::time::Duration::from_secs(5);
+const LINGER_BYTES: u64 = 64 << 20;
+
+impl Linger {
+    pub fn new(inner: hyper::body::Incoming) -> Self {
+        Self { inner: Some(inner) }
+    }
+}
+
+impl http_body::Body for Linger {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        match self.inner.as_mut() {
+            Some(inner) => Pin::new(inner).poll_frame(cx),
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner
+            .as_ref()
+            .is_none_or(http_body::Body::is_end_stream)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner
+            .as_ref()
+            .map(http_body::Body::size_hint)
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Linger {
+    fn drop(&mut self) {
+        let Some(mut rest) = self
+            .inner
+            .take()
+            .filter(|b| !http_body::Body::is_end_stream(b))
+        else {
+            return;
+        };
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        rt.spawn(async move {
+            let drain = async {
+                let mut read = 0u64;
+                while let Some(Ok(frame)) = rest.frame().await {
+                    read += frame.data_ref().map_or(0, |d| d.len() as u64);
+                    if read > LINGER_BYTES {
+                        break;
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(LINGER_TIME, drain).await;
+        });
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -113,8 +113,13 @@ impl Gateway {
     pub async fn serve(self: Arc<Self>, req: Request<Incoming>, conn: Conn) -> Response<Body> {
         let mut ctx = self.context(&req, &conn);
         let exchange = ctx.exchange.clone();
-        let req =
-            req.map(|b| body::boxed(Counted::new(b, exchange.bytes_in.clone(), exchange.clone())));
+        let req = req.map(|b| {
+            body::boxed(Counted::new(
+                body::Linger::new(b),
+                exchange.bytes_in.clone(),
+                exchange.clone(),
+            ))
+        });
         let res = match self.dispatch(req, &mut ctx).await {
             Ok(res) => res,
             Err(e) => {
