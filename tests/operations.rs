@@ -111,7 +111,7 @@ async fn sighup_reloads_config_and_certificate_without_dropping_requests() {
 
     let url = format!("http://{}/sleep/1500", gw.addr);
     let slow = tokio::spawn(async move { get(&url).await });
-    poll(10, || async { up1.hits() > 0 }).await;
+    poll(30, || async { up1.hits() > 0 }).await;
     write_config(
         dir.path(),
         &config_text(dir.path(), &up2.url(), &tls("two")),
@@ -123,13 +123,13 @@ async fn sighup_reloads_config_and_certificate_without_dropping_requests() {
         StatusCode::OK,
         "the request in flight during the reload completed"
     );
-    poll(10, || async {
+    poll(30, || async {
         let before = up2.hits();
         get(&format!("http://{}/after", gw.addr)).await;
         up2.hits() > before
     })
     .await;
-    poll(10, || async { presented(https).await == second }).await;
+    poll(30, || async { presented(https).await == second }).await;
 
     // A broken config is refused; the one in force stays.
     write_config(
@@ -137,7 +137,7 @@ async fn sighup_reloads_config_and_certificate_without_dropping_requests() {
         &config_text(dir.path(), &up1.url(), "listen_backlog = 5\n"),
     );
     gw.signal("-HUP");
-    poll(10, || async {
+    poll(30, || async {
         gw.log.lock().expect("log").contains("reload refused")
     })
     .await;
@@ -194,7 +194,7 @@ async fn retention_removes_what_outlived_its_session_through_control_and_cli() {
         "alive: {report}"
     );
     // Handle dead after 1 s, its session's files after 1 s more.
-    poll(15, || async {
+    poll(60, || async {
         control_post(&gw, "/v1/gc?dry_run=true").await["files"] == 1
     })
     .await;
