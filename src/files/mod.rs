@@ -137,8 +137,7 @@ pub fn conditional_headers(headers: &HeaderMap) -> HeaderMap {
     kept
 }
 
-/// Files up to this size are read whole in the step that opens them: one trip to the blocking
-/// pool answers the request.
+/// Files up to this size are read whole in the step that opens them.
 const SMALL: u64 = 64 * 1024;
 
 /// A regular file, opened: its handle, length, modification time, and its bytes when it is small.
@@ -149,11 +148,12 @@ struct Opened {
     whole: Option<bytes::Bytes>,
 }
 
+/// Opens a file on the request's own thread, as nginx does without `aio threads`: opening, stat
+/// and reading a small cached file take microseconds, less than handing the work to another
+/// thread and back (which cost two context switches a request). Larger files stream from the
+/// blocking pool.
 async fn open(path: &Path) -> Result<Opened> {
-    let path = path.to_path_buf();
-    tokio::task::spawn_blocking(move || open_blocking(&path))
-        .await
-        .map_err(|e| Error::internal("a file thread failed", e))?
+    open_blocking(path)
 }
 
 fn open_blocking(path: &Path) -> Result<Opened> {

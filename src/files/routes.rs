@@ -228,16 +228,10 @@ fn media_root(gw: &Gateway) -> Result<&Path> {
 /// The real paths of `root` and of `relative` under it, symlinks followed; refused (`403`,
 /// as nginx's `disable_symlinks`) when the file is not inside the root.
 async fn resolve(root: &Path, relative: &str) -> Result<(PathBuf, PathBuf)> {
-    let (root, joined) = (root.to_path_buf(), root.join(relative));
-    // Both in one trip to the blocking pool.
-    let (root, path) = tokio::task::spawn_blocking(move || {
-        let root = std::fs::canonicalize(&root)
-            .map_err(|e| Error::internal("files.media_root cannot be resolved", e))?;
-        let path = std::fs::canonicalize(joined).map_err(super::open_error)?;
-        Ok::<_, Error>((root, path))
-    })
-    .await
-    .map_err(|e| Error::internal("a file thread failed", e))??;
+    // On the request's thread, as the file is opened (see `files::open`).
+    let root = std::fs::canonicalize(root)
+        .map_err(|e| Error::internal("files.media_root cannot be resolved", e))?;
+    let path = std::fs::canonicalize(root.join(relative)).map_err(super::open_error)?;
     if !path.starts_with(&root) {
         return Err(Error::new(
             Kind::Forbidden,
