@@ -46,6 +46,9 @@ if "proxy_upgate_rps" in values:
     u, n = med("proxy_upgate_rps"), med("proxy_nginx_rps")
     r = ratio(u, n)
     row(1, "proxy req/s", u, f"nginx {fmt(n)}", r, "≥ 1.25×", check(r, lambda x: x >= 1.25))
+    u, n = med("proxy_upgate_cpu"), med("proxy_nginx_cpu")
+    if u is not None:
+        row(1, "proxy CPU µs per request (server only)", u, f"nginx {fmt(n, 1)}", ratio(u, n), "", None, 1)
     u, n = med("proxy_upgate_p99"), med("proxy_nginx_p99")
     r = ratio(u, n)
     row(1, "proxy p99 ms", u, f"nginx {fmt(n, 2)}", r, "≤ 1.00×", check(r, lambda x: x <= 1.0), 2)
@@ -68,6 +71,10 @@ if "files_nginx_rps" in values:
         r = ratio(u, n)
         row(4, f"{route} 1 KiB req/s", u, f"nginx secure_link {fmt(n)}", r, "≥ 1.00×",
             check(r, lambda x: x >= 1.0))
+    for who, route in (("files", "/files"), ("media", "/media")):
+        u, n = med(f"files_{who}_cpu"), med("files_nginx_cpu")
+        if u is not None:
+            row(4, f"{route} CPU µs per request", u, f"nginx {fmt(n, 1)}", ratio(u, n), "", None, 1)
 if "resolves" in values:
     v = med("resolves")
     row(5, "resolves/s, 1M handles, 1 thread", v, "", None, "≥ 5,000,000", check(v, lambda x: x >= 5e6))
