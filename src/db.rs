@@ -124,10 +124,17 @@ pub enum Added {
     SessionGone,
 }
 
+/// redb's page cache, bounded (its default is 1 GiB): the state is small, and the gateway's memory
+/// should not grow with it.
+const CACHE_BYTES: usize = 16 << 20;
+
 impl Db {
     /// Opens (or creates) the database file, making sure every table exists.
     pub fn open(path: &Path) -> Result<Db> {
-        let db = Database::create(path).map_err(db_err)?;
+        let db = Database::builder()
+            .set_cache_size(CACHE_BYTES)
+            .create(path)
+            .map_err(db_err)?;
         let tx = db.begin_write().map_err(db_err)?;
         {
             tx.open_table(HANDLES).map_err(db_err)?;

@@ -291,12 +291,17 @@ pub fn start(live: Live, control: Arc<Control>, bound: Bound) -> anyhow::Result<
     })
 }
 
+/// The most a connection reads ahead (hyper's default is 400 KiB): request heads must fit, and a
+/// body streams through it, so 500 uploads at once hold 32 MiB here rather than 200.
+const READ_BUFFER: usize = 64 * 1024;
+
 fn builder(header_timeout: Duration) -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
     b.http1()
         .timer(TokioTimer::new())
         .header_read_timeout(header_timeout)
-        .keep_alive(true);
+        .keep_alive(true)
+        .max_buf_size(READ_BUFFER);
     b.http2()
         .timer(TokioTimer::new())
         .keep_alive_interval(Some(Duration::from_secs(30)));

@@ -15,7 +15,7 @@ use http_body_util::BodyDataStream;
 
 use super::formats::{self, Detected, Format, Sniffer};
 use super::names;
-use super::store::Store;
+use super::store::{IN_FLIGHT_KIB, Store};
 use crate::body::Body;
 use crate::error::{Error, Kind, Result};
 
@@ -27,8 +27,11 @@ const MAX_FIELDS: usize = 1000;
 /// Bytes of the body that are neither file nor field data (boundaries, part headers, what the
 /// parser holds ahead): beyond this a body is an attack on memory, not a form.
 const MAX_OVERHEAD: u64 = 2 * 1024 * 1024;
-/// Bytes gathered before each write: large sequential writes, one blocking call per MiB.
-const WRITE_BATCH: usize = 1024 * 1024;
+/// Bytes gathered before each write: large sequential writes, one blocking call per batch.
+const WRITE_BATCH: usize = 256 * 1024;
+/// Written bytes after which the disk is asked to catch up (fdatasync) while the upload goes on,
+/// so the final fsync finds little left.
+const FLUSH_EVERY: u64 = 32 << 20;
 
 /// What a request may store.
 #[derive(Debug, Clone)]
@@ -279,7 +282,7 @@ impl Reader {
         let path = store.temp_path();
         let file = std::fs::File::create_new(&path).map_err(storage_error)?;
         temp.path = Some(path);
-        let mut writer = PartWriter::new(file);
+        let mut writer = PartWriter::new(file, store.in_flight.clone());
         let mut size = 0u64;
         while let Some(chunk) = self.chunk(&mut field).await? {
             size += chunk.len() as u64;
@@ -370,12 +373,18 @@ struct WriteState {
 struct PartWriter {
     batch: Vec<Bytes>,
     batched: usize,
+    /// The batch's share of [`Store::in_flight`], held until it is written.
+    budget: Vec<tokio::sync::OwnedSemaphorePermit>,
+    budget_pool: Arc<tokio::sync::Semaphore>,
     state: Option<WriteState>,
     in_flight: Option<tokio::task::JoinHandle<io::Result<WriteState>>>,
+    written: u64,
+    flushed_at: u64,
+    flushing: Option<tokio::task::JoinHandle<io::Result<()>>>,
 }
 
 impl PartWriter {
-    fn new(file: std::fs::File) -> Self {
+    fn new(file: std::fs::File, budget_pool: Arc<tokio::sync::Semaphore>) -> Self {
         let state = WriteState {
             file,
             sha: ring::digest::Context::new(&ring::digest::SHA256),
@@ -384,12 +393,26 @@ impl PartWriter {
         Self {
             batch: Vec::new(),
             batched: 0,
+            budget: Vec::new(),
+            budget_pool,
             state: Some(state),
             in_flight: None,
+            written: 0,
+            flushed_at: 0,
+            flushing: None,
         }
     }
 
     async fn push(&mut self, chunk: Bytes) -> Result<()> {
+        let kib = u32::try_from(chunk.len().div_ceil(1024))
+            .map_or(IN_FLIGHT_KIB, |k| k.clamp(1, IN_FLIGHT_KIB));
+        let permit = self
+            .budget_pool
+            .clone()
+            .acquire_many_owned(kib)
+            .await
+            .map_err(|e| Error::internal("the upload memory budget is closed", e))?;
+        self.budget.push(permit);
         self.batched += chunk.len();
         self.batch.push(chunk);
         if self.batched >= WRITE_BATCH {
@@ -406,15 +429,44 @@ impl PartWriter {
             .take()
             .ok_or_else(|| Error::new(Kind::Internal, "writer state lost"))?;
         let batch = std::mem::take(&mut self.batch);
-        self.batched = 0;
+        let budget = std::mem::take(&mut self.budget);
+        self.written += std::mem::take(&mut self.batched) as u64;
         self.in_flight = Some(tokio::task::spawn_blocking(move || {
             for chunk in &batch {
                 state.file.write_all(chunk)?;
                 state.sha.update(chunk);
                 state.sniffer.feed(chunk);
             }
+            drop(budget);
             Ok(state)
         }));
+        if self.written - self.flushed_at >= FLUSH_EVERY {
+            self.flush_disk().await?;
+        }
+        Ok(())
+    }
+
+    /// Starts an fdatasync of what is written so far, unless one is running; its error is kept.
+    async fn flush_disk(&mut self) -> Result<()> {
+        if self.flushing.as_ref().is_some_and(|f| !f.is_finished()) {
+            return Ok(());
+        }
+        self.flush_done().await?;
+        self.settle().await?;
+        let file = self.state.as_ref().and_then(|s| s.file.try_clone().ok());
+        if let Some(file) = file {
+            self.flushed_at = self.written;
+            self.flushing = Some(tokio::task::spawn_blocking(move || file.sync_data()));
+        }
+        Ok(())
+    }
+
+    async fn flush_done(&mut self) -> Result<()> {
+        if let Some(f) = self.flushing.take() {
+            f.await
+                .map_err(|e| Error::internal("the flush thread failed", e))?
+                .map_err(storage_error)?;
+        }
         Ok(())
     }
 
@@ -433,6 +485,7 @@ impl PartWriter {
     async fn finish(mut self) -> Result<Written> {
         self.flush().await?;
         self.settle().await?;
+        self.flush_done().await?;
         let state = self
             .state
             .take()

@@ -11,7 +11,13 @@ pub struct Store {
     files: PathBuf,
     tmp: PathBuf,
     pub db: Db,
+    /// Upload bytes read from clients and not yet written, all uploads together, in KiB: what
+    /// keeps many slow-disk uploads from piling up in memory (the rest waits in socket buffers).
+    pub in_flight: std::sync::Arc<tokio::sync::Semaphore>,
 }
+
+/// The most upload data held in memory at once, in KiB.
+pub const IN_FLIGHT_KIB: u32 = 32 * 1024;
 
 impl Store {
     /// Creates the layout if needed, empties the temp area (leftovers of a crash), opens the state.
@@ -42,7 +48,13 @@ impl Store {
         if removed > 0 {
             tracing::info!(removed, "emptied the temp area");
         }
-        Ok(Store { files, tmp, db })
+        let in_flight = std::sync::Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT_KIB as usize));
+        Ok(Store {
+            files,
+            tmp,
+            db,
+            in_flight,
+        })
     }
 
     /// Where the finished file of `id` lives. Ids are UUIDs made by upgate, never client input.
