@@ -292,8 +292,8 @@ pub fn start(live: Live, control: Arc<Control>, bound: Bound) -> anyhow::Result<
 }
 
 /// The most a connection reads ahead (hyper's default is 400 KiB): request heads must fit, and a
-/// body streams through it, so 500 uploads at once hold 32 MiB here rather than 200.
-const READ_BUFFER: usize = 64 * 1024;
+/// body streams through it, so 500 uploads at once hold 16 MiB here rather than 200.
+const READ_BUFFER: usize = 32 * 1024;
 
 fn builder(header_timeout: Duration) -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
