@@ -2,7 +2,9 @@
 //! million live handles, and the resident memory each handle costs.
 //!
 //! `cargo bench --bench registry [-- HANDLES [ROUNDS]]` prints one line:
-//! `handles=N resolves_per_sec=R bytes_per_handle=B` (the median of ROUNDS passes over every handle).
+//! `handles=N resolves_per_sec=R bytes_per_handle=B memory_latency_ns=L latencies_per_resolve=K`
+//! (the median of ROUNDS passes over every handle; L is one cache-missing load on this machine now,
+//! so K, a resolve's time in such loads, says what the machine's memory costs and what the code does).
 //!
 //! Each handle has its own session token and client, as when every browser uploads in its own
 //! session (the costliest case for memory), and the limits of a typical registration
@@ -42,6 +44,29 @@ impl Ids {
         }
         URL_SAFE_NO_PAD.encode(bytes)
     }
+}
+
+/// The time of one load from memory that misses every cache: a chase through a random cycle over
+/// 64 MiB, each load's address given by the one before. What a resolve of a cold handle waits on.
+fn memory_latency_ns() -> f64 {
+    let n = 16 << 20;
+    let mut next: Vec<u32> = (0..n as u32).collect();
+    // Sattolo's shuffle: one cycle through every slot.
+    let mut x = 0x2545_F491_4F6C_DD1Du64;
+    for i in (1..n).rev() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        next.swap(i, (x % i as u64) as usize);
+    }
+    let steps = 4_000_000;
+    let mut at = 0u32;
+    let started = Instant::now();
+    for _ in 0..steps {
+        at = next[at as usize];
+    }
+    black_box(at);
+    started.elapsed().as_nanos() as f64 / steps as f64
 }
 
 fn main() {
@@ -93,8 +118,11 @@ fn main() {
     assert!(registry.resolve(&handles[0], &clients[1], now).is_none());
     rates.sort_by(f64::total_cmp);
     let median = rates[rates.len() / 2];
+    let latency = memory_latency_ns();
     println!(
-        "handles={n} resolves_per_sec={median:.0} bytes_per_handle={bytes_per_handle:.0} rounds={}",
+        "handles={n} resolves_per_sec={median:.0} bytes_per_handle={bytes_per_handle:.0} \
+         memory_latency_ns={latency:.0} latencies_per_resolve={:.1} rounds={}",
+        1e9 / median / latency,
         rates
             .iter()
             .map(|r| format!("{:.2}M", r / 1e6))

@@ -78,6 +78,9 @@ if "files_nginx_rps" in values:
 if "resolves" in values:
     v = med("resolves")
     row(5, "resolves/s, 1M handles, 1 thread", v, "", None, "≥ 5,000,000", check(v, lambda x: x >= 5e6))
+    lat, k = med("memory_latency"), med("latencies_per_resolve")
+    if lat is not None:
+        row(5, f"resolve time in cache-missing loads ({fmt(lat)} ns each now)", k, "", None, "", None, 1)
     b = med("bytes_per_handle")
     row(5, "bytes per handle", b, "", None, "≤ 256", check(b, lambda x: x <= 256))
 
