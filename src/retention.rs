@@ -194,7 +194,7 @@ fn care(gw: &Gateway, round: u64, last: bool) -> Result<(), DbError> {
     if round % 30 == 29 {
         gw.registry.prune(&gw.store.db, now)?;
     }
-    if round % 150 == 1 {
+    if round % 150 == 149 {
         let report = sweep(&gw.store, Some(&gw.registry), &gw.config, now, false)?;
         record(gw, &report);
     }
