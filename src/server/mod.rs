@@ -406,13 +406,17 @@ async fn accept_public(
     }
     drop((listener, mine));
     let _ = done.recv().await;
+    // The gateway before the drain signal: once `shared` goes, a drain may return and expect the
+    // storage to be free for the next start.
+    drop(live);
+    drop(shared);
 }
 
 async fn accept_control(socket: ControlSocket, control: Arc<Control>, shared: Shared) {
     let mut shutdown = shared.shutdown.clone();
     loop {
         let accepted = tokio::select! {
-            _ = stopped(&mut shutdown) => return,
+            _ = stopped(&mut shutdown) => break,
             accepted = socket.accept() => accepted,
         };
         let (control, shared) = (control.clone(), shared.clone());
@@ -425,6 +429,9 @@ async fn accept_control(socket: ControlSocket, control: Arc<Control>, shared: Sh
             }
         };
     }
+    // As for the public workers: the gateway goes before the drain signal.
+    drop(control);
+    drop(shared);
 }
 
 enum Accepted {
