@@ -24,6 +24,9 @@ pub const X_UPGATE_INTERCEPT: http::HeaderName =
 /// The intercept that owns a path, if any. The path is compared in its normal form, so that
 /// `/profile/%61vatar` or `/profile//avatar` cannot carry a raw file past the route.
 pub fn find<'a>(intercepts: &'a [Intercept], path: &str) -> Option<&'a Intercept> {
+    if intercepts.is_empty() {
+        return None;
+    }
     let path = normalize(path);
     let path = path.as_str();
     intercepts.iter().find(|i| {

@@ -6,16 +6,16 @@ use http::header::{CONNECTION, HOST, UPGRADE};
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 /// Hop-by-hop fields a proxy never forwards (RFC 9110 §7.6.1, plus the obsolete ones still seen in the wild).
-const HOP_BY_HOP: [&str; 9] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
+const HOP_BY_HOP: [HeaderName; 9] = [
+    CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    http::header::PROXY_AUTHENTICATE,
+    http::header::PROXY_AUTHORIZATION,
+    http::header::TE,
+    http::header::TRAILER,
+    http::header::TRANSFER_ENCODING,
+    UPGRADE,
 ];
 
 pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -29,17 +29,23 @@ pub const X_UPLOAD_SESSION: HeaderName = HeaderName::from_static("x-upload-sessi
 
 /// Removes hop-by-hop fields, including every field the `Connection` header names (RFC 9110 §7.6.1).
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
+    // Most messages carry none: one pass over the names costs less than a lookup per field.
+    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
+        return;
     }
-    for name in HOP_BY_HOP {
+    if headers.contains_key(CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
+    }
+    for name in &HOP_BY_HOP {
         headers.remove(name);
     }
 }
@@ -68,18 +74,28 @@ pub fn set_upgrade(headers: &mut HeaderMap, protocol: HeaderValue) {
 /// Whether a client-sent field is upgate's to set: compared case-insensitively and with `_` read as `-`,
 /// because some servers (CGI, WSGI) fold the two spellings together.
 pub fn is_reserved(name: &HeaderName, trusted_peer: bool) -> bool {
-    let name = name.as_str().replace('_', "-");
+    let name = name.as_str().as_bytes();
+    // `_` is read as `-`; names are lowercase already.
+    let same = |a: &[u8], b: &[u8]| {
+        a.len() == b.len()
+            && a.iter()
+                .zip(b)
+                .all(|(&x, &y)| x == y || (x == b'_' && y == b'-'))
+    };
+    let starts = |prefix: &[u8]| name.len() >= prefix.len() && same(&name[..prefix.len()], prefix);
     // All of `X-Upload-*`, not only the two SPEC names: the upstream must be able to trust any
     // field of that family it sees as upgate's.
-    let always =
-        name.starts_with("x-upload-") || name.starts_with("x-upgate-") || name == "forwarded";
+    let always = starts(b"x-upload-") || starts(b"x-upgate-") || same(name, b"forwarded");
     let unless_trusted =
-        name.starts_with("x-forwarded-") || name == "x-request-id" || name == "x-real-ip";
+        starts(b"x-forwarded-") || same(name, b"x-request-id") || same(name, b"x-real-ip");
     always || (unless_trusted && !trusted_peer)
 }
 
 /// Removes every reserved field a client sent (see [`is_reserved`]).
 pub fn strip_reserved(headers: &mut HeaderMap, trusted_peer: bool) {
+    if !headers.keys().any(|n| is_reserved(n, trusted_peer)) {
+        return;
+    }
     let doomed: Vec<HeaderName> = headers
         .keys()
         .filter(|n| is_reserved(n, trusted_peer))
@@ -103,15 +119,19 @@ pub struct Origin<'a> {
 /// Sets `X-Forwarded-For/Proto/Host` as nginx does with `$proxy_add_x_forwarded_for`, `$scheme` and `$host`:
 /// a trusted peer's values are kept (its `X-Forwarded-For` appended to), anyone else's were stripped before.
 pub fn set_forwarded(headers: &mut HeaderMap, origin: Origin<'_>) {
-    let prior: Vec<&str> = headers
-        .get_all(&X_FORWARDED_FOR)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .collect();
-    let chain = if origin.trusted_peer && !prior.is_empty() {
-        format!("{}, {}", prior.join(", "), origin.peer)
+    let prior: Vec<&str> = if origin.trusted_peer {
+        headers
+            .get_all(&X_FORWARDED_FOR)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect()
     } else {
+        Vec::new()
+    };
+    let chain = if prior.is_empty() {
         origin.peer.to_string()
+    } else {
+        format!("{}, {}", prior.join(", "), origin.peer)
     };
     if let Ok(v) = HeaderValue::from_str(&chain) {
         headers.insert(X_FORWARDED_FOR, v);
