@@ -46,29 +46,36 @@ pub fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
     res
 }
 
+/// What a counted body reports the bytes of its data frames to.
+pub trait Tally {
+    fn add(&self, bytes: u64);
+}
+
+impl Tally for Arc<AtomicU64> {
+    fn add(&self, bytes: u64) {
+        self.fetch_add(bytes, Ordering::Relaxed);
+    }
+}
+
 pin_project_lite::pin_project! {
-    /// Passes a body through, adding the bytes of each data frame to a counter; holds `guard` until dropped.
-    pub struct Counted<B, G> {
+    /// Passes a body through, reporting the bytes of each data frame to `tally`, which it holds until dropped.
+    pub struct Counted<B, T> {
         #[pin]
         inner: B,
-        counter: Arc<AtomicU64>,
-        guard: G,
+        tally: T,
     }
 }
 
-impl<B, G> Counted<B, G> {
-    pub fn new(inner: B, counter: Arc<AtomicU64>, guard: G) -> Self {
-        Self {
-            inner,
-            counter,
-            guard,
-        }
+impl<B, T> Counted<B, T> {
+    pub fn new(inner: B, tally: T) -> Self {
+        Self { inner, tally }
     }
 }
 
-impl<B, G> http_body::Body for Counted<B, G>
+impl<B, T> http_body::Body for Counted<B, T>
 where
     B: http_body::Body<Data = Bytes>,
+    T: Tally,
 {
     type Data = Bytes;
     type Error = B::Error;
@@ -82,7 +89,7 @@ where
         if let Poll::Ready(Some(Ok(frame))) = &polled
             && let Some(data) = frame.data_ref()
         {
-            this.counter.fetch_add(data.len() as u64, Ordering::Relaxed);
+            this.tally.add(data.len() as u64);
         }
         polled
     }
@@ -175,7 +182,7 @@ mod tests {
     #[tokio::test]
     async fn counted_adds_every_data_frame() {
         let counter = Arc::new(AtomicU64::new(0));
-        let body = Counted::new(full("hello world"), counter.clone(), ());
+        let body = Counted::new(full("hello world"), counter.clone());
         let bytes = body.collect().await.expect("collect").to_bytes();
         assert_eq!(bytes.len(), 11);
         assert_eq!(counter.load(Ordering::Relaxed), 11);

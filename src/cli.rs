@@ -115,6 +115,9 @@ fn init_logging() {
         .with_writer(log_writer())
         .with_ansi(std::io::stderr().is_terminal())
         .init();
+    if let Ok(fd) = std::os::fd::AsFd::as_fd(&std::io::stderr()).try_clone_to_owned() {
+        crate::access::set_sink(std::fs::File::from(fd));
+    }
 }
 
 /// Where log lines go: standard error, through a handle of their own. Each line is already one

@@ -7,7 +7,7 @@ use http::header::SET_COOKIE;
 use http::{HeaderValue, Request, Response};
 use hyper::body::Incoming;
 
-use crate::access::Exchange;
+use crate::access::{self, Exchange};
 use crate::assets;
 use crate::body::{self, Body, Counted};
 use crate::config::{Config, IdentitySource};
@@ -116,8 +116,7 @@ impl Gateway {
         let req = req.map(|b| {
             body::boxed(Counted::new(
                 body::Linger::new(b),
-                exchange.bytes_in.clone(),
-                exchange.clone(),
+                access::Received(exchange.clone()),
             ))
         });
         let res = match self.dispatch(req, &mut ctx).await {
@@ -165,8 +164,8 @@ impl Gateway {
         if path == self.config.slots.route {
             return Route::Slot;
         }
-        if let Some(route) = intercept::find(&self.config.intercepts, path)
-            && intercept::is_multipart(req)
+        if intercept::is_multipart(req)
+            && let Some(route) = intercept::find(&self.config.intercepts, path)
         {
             return Route::Intercept(route);
         }
@@ -372,11 +371,7 @@ impl Gateway {
             cors::decorate(&mut parts.headers, origin);
         }
         ctx.exchange.set_status(parts.status);
-        let body = body::boxed(Counted::new(
-            body,
-            ctx.exchange.bytes_out.clone(),
-            ctx.exchange,
-        ));
+        let body = body::boxed(Counted::new(body, access::Sent(ctx.exchange)));
         Response::from_parts(parts, body)
     }
 }

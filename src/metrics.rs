@@ -27,6 +27,9 @@ pub struct ResultLabel {
 pub struct Metrics {
     registry: Registry,
     pub requests: Family<ClassLabel, Counter>,
+    /// The series of `requests` for 1xx..5xx, looked up once: a request adds to its class without
+    /// the family's lock and label hashing.
+    by_class: [Counter; 5],
     pub in_flight: Gauge,
     pub upstream_latency: Histogram,
     pub bytes_in: Counter,
@@ -57,13 +60,17 @@ impl Metrics {
     pub fn new() -> Self {
         let mut r = Registry::with_prefix("upgate");
         let reg = &mut r;
+        let requests: Family<ClassLabel, Counter> = add(
+            reg,
+            "requests",
+            "Requests answered, by status class",
+            Family::default(),
+        );
+        let by_class = ["1xx", "2xx", "3xx", "4xx", "5xx"]
+            .map(|class| requests.get_or_create(&ClassLabel { class }).clone());
         Self {
-            requests: add(
-                reg,
-                "requests",
-                "Requests answered, by status class",
-                Family::default(),
-            ),
+            requests,
+            by_class,
             in_flight: add(
                 reg,
                 "requests_in_flight",
@@ -150,15 +157,10 @@ impl Metrics {
         out
     }
 
-    /// The label for a status code: "1xx" .. "5xx".
-    pub fn class(status: http::StatusCode) -> &'static str {
-        match status.as_u16() / 100 {
-            1 => "1xx",
-            2 => "2xx",
-            3 => "3xx",
-            4 => "4xx",
-            _ => "5xx",
-        }
+    /// The `requests` series of a status code's class.
+    pub fn requests_of(&self, status: http::StatusCode) -> &Counter {
+        let class = usize::from(status.as_u16() / 100).clamp(1, 5);
+        &self.by_class[class - 1]
     }
 }
 

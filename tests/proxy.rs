@@ -399,3 +399,110 @@ async fn a_slow_upload_is_not_an_upstream_timeout() {
     assert_eq!(echo(&body).body_len, 100);
     running.stop();
 }
+
+/// A raw HTTP/1.1 upstream: answers every request head with `200 ok` (a `POST` to `/early` with
+/// `413` at once, leaving its body unread for `stall`), counting the connections it accepted;
+/// `close_after_each` closes each connection after one answer, without saying so.
+async fn raw_upstream(
+    close_after_each: bool,
+    stall: std::time::Duration,
+) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let accepted = std::sync::Arc::new(AtomicUsize::new(0));
+    let counter = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                    buf.drain(..end + 4);
+                    if head.starts_with("post /early") {
+                        let _ = stream
+                            .write_all(
+                                b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 0\r\n\r\n",
+                            )
+                            .await;
+                        tokio::time::sleep(stall).await;
+                        return;
+                    }
+                    let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                    if stream.write_all(answer).await.is_err() || close_after_each {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (url, accepted)
+}
+
+#[tokio::test]
+async fn upstream_connections_are_kept_alive_and_closed_ones_replaced() {
+    use std::sync::atomic::Ordering;
+    let (url, accepted) = raw_upstream(false, std::time::Duration::ZERO).await;
+    let gw = TestGateway::start(&url, "").await;
+    let client = client();
+    for _ in 0..20 {
+        let res = within(10, client.get(gw.url("/").parse().expect("uri")))
+            .await
+            .expect("response");
+        assert_eq!(res.status(), StatusCode::OK);
+        within(10, http_body_util::BodyExt::collect(res.into_body()))
+            .await
+            .expect("body");
+    }
+    let opened = accepted.load(Ordering::SeqCst);
+    assert!(
+        (1..=upgate::server::workers()).contains(&opened),
+        "20 requests one after another used {opened} upstream connections"
+    );
+
+    // An upstream that drops each connection after one answer: every request still gets through,
+    // on a new connection.
+    let (url, accepted) = raw_upstream(true, std::time::Duration::ZERO).await;
+    let gw = TestGateway::start(&url, "").await;
+    for i in 0..10 {
+        let (res, body) = get(&gw.url(&format!("/{i}"))).await;
+        assert_eq!(res.status, StatusCode::OK, "request {i}: {body:?}");
+        assert_eq!(&body[..], b"ok");
+        // Let the closing connection's end reach the gateway before the next request.
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 10);
+}
+
+#[tokio::test]
+async fn a_connection_still_sending_a_body_is_not_reused() {
+    // The upstream answers 413 at once and leaves the 8 MiB body unread for 30 s: that connection
+    // is busy until then, and the next requests must not wait for it.
+    let (url, _) = raw_upstream(false, std::time::Duration::from_secs(30)).await;
+    let gw = TestGateway::start(&url, "").await;
+    let client = client();
+    let req = Request::post(gw.url("/early"))
+        .body(pattern_body(8 << 20, true))
+        .expect("req");
+    let res = within(10, client.request(req)).await.expect("response");
+    assert_eq!(res.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    drop(res);
+    for i in 0..4 {
+        let res = within(5, client.get(gw.url("/next").parse().expect("uri")))
+            .await
+            .expect("response");
+        assert_eq!(res.status(), StatusCode::OK, "request {i}");
+    }
+}

@@ -8,7 +8,6 @@ use std::path::{Path, PathBuf};
 
 use http::header::{self, HeaderMap};
 use http::{Method, Request, Response, StatusCode};
-use hyper::body::Incoming;
 
 use super::{Serve, paths, serve};
 use crate::body::Body;
@@ -80,7 +79,7 @@ pub async fn accel(
     gw: &Gateway,
     method: &Method,
     conditional: &HeaderMap,
-    upstream: Response<Incoming>,
+    upstream: Response<crate::proxy::UpstreamBody>,
     target: AccelTarget,
 ) -> Result<Response<Body>> {
     let (parts, _unread) = upstream.into_parts();

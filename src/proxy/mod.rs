@@ -3,16 +3,19 @@
 pub mod directives;
 pub mod headers;
 
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use http::header::HOST;
-use http::uri::{Authority, PathAndQuery, Scheme};
+use http::uri::{Authority, PathAndQuery};
 use http::{HeaderValue, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
+use hyper::client::conn::http1;
 use hyper::upgrade::OnUpgrade;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
 
 use crate::body::{self, Body};
 use crate::config;
@@ -22,28 +25,159 @@ use crate::signing::Secret;
 
 /// The upstream application: where it is and a keep-alive connection pool to it.
 pub struct Upstream {
-    /// One pool per public worker thread, and one for every other thread (index 0): a pooled
-    /// connection is driven by the runtime that opened it, so each worker keeps its own.
-    clients: Vec<Client<HttpConnector, Body>>,
-    scheme: Scheme,
+    pool: Arc<Pool>,
     authority: Authority,
+    /// `host:port` to connect to (the port defaulted from the scheme).
+    address: String,
+    connect_timeout: Duration,
     response_timeout: Duration,
+}
+
+/// Idle keep-alive connections, one list per public worker thread and one (index 0) for every
+/// other thread: a connection is driven by the runtime that opened it, so each worker reuses its
+/// own, and a request and its upstream connection never change threads. Each worker serves one
+/// request at a time per connection, so a connection is taken for a request and put back when
+/// its response has been read to the end, the way nginx's `keepalive` pool works; no task or
+/// channel per request stands between the request and its connection.
+struct Pool {
+    idle: Vec<Mutex<Vec<Idle>>>,
+}
+
+struct Idle {
+    sender: http1::SendRequest<Body>,
+    since: Instant,
+}
+
+/// An idle connection older than this is closed rather than reused (nginx's `keepalive_timeout`).
+const POOL_IDLE: Duration = Duration::from_secs(60);
+/// Idle connections a worker keeps at most; more are closed as they come back.
+const POOL_MAX_IDLE: usize = 1024;
+
+impl Pool {
+    fn take(&self, slot: usize) -> Option<http1::SendRequest<Body>> {
+        let mut idle = self.idle[slot]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        while let Some(conn) = idle.pop() {
+            if !conn.sender.is_closed() && conn.since.elapsed() < POOL_IDLE {
+                return Some(conn.sender);
+            }
+        }
+        None
+    }
+
+    fn put(&self, slot: usize, sender: http1::SendRequest<Body>) {
+        if sender.is_closed() {
+            return;
+        }
+        let mut idle = self.idle[slot]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if idle.len() < POOL_MAX_IDLE {
+            idle.push(Idle {
+                sender,
+                since: Instant::now(),
+            });
+        }
+    }
+}
+
+/// Puts its connection back in the pool when dropped, if the response was read to its end.
+struct GiveBack {
+    pool: Arc<Pool>,
+    slot: usize,
+    sender: Option<http1::SendRequest<Body>>,
+    done: bool,
+}
+
+impl Drop for GiveBack {
+    fn drop(&mut self) {
+        let (true, Some(mut sender)) = (self.done, self.sender.take()) else {
+            return;
+        };
+        if sender.is_ready() {
+            self.pool.put(self.slot, sender);
+            return;
+        }
+        // Still busy (the request body may still be going out after an early answer): it joins
+        // the pool once the connection is idle, so a request never waits behind another's body.
+        let (pool, slot) = (self.pool.clone(), self.slot);
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                if sender.ready().await.is_ok() {
+                    pool.put(slot, sender);
+                }
+            });
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// An upstream response's body; its end hands the connection back to the pool. Dropped
+    /// before its end, it closes the connection (hyper cannot reuse a half-read one).
+    pub struct UpstreamBody {
+        #[pin]
+        inner: Incoming,
+        back: Option<GiveBack>,
+    }
+}
+
+impl UpstreamBody {
+    fn new(inner: Incoming, mut back: GiveBack) -> Self {
+        if http_body::Body::is_end_stream(&inner) {
+            back.done = true;
+            drop(back);
+            return Self { inner, back: None };
+        }
+        Self {
+            inner,
+            back: Some(back),
+        }
+    }
+}
+
+impl http_body::Body for UpstreamBody {
+    type Data = bytes::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<std::result::Result<http_body::Frame<bytes::Bytes>, hyper::Error>>> {
+        let mut this = self.project();
+        let polled = this.inner.as_mut().poll_frame(cx);
+        let ended = match &polled {
+            Poll::Ready(None) => true,
+            Poll::Ready(Some(Ok(_))) => this.inner.is_end_stream(),
+            _ => false,
+        };
+        if ended && let Some(mut back) = this.back.take() {
+            back.done = true;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 impl Upstream {
     pub fn new(cfg: &config::Upstream) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(cfg.connect_timeout));
-        connector.set_nodelay(true);
-        let pool = || {
-            Client::builder(TokioExecutor::new())
-                .pool_idle_timeout(Duration::from_secs(60))
-                .build(connector.clone())
-        };
+        let port = cfg.authority.port_u16().unwrap_or(80);
         Self {
-            clients: (0..=crate::server::workers()).map(|_| pool()).collect(),
-            scheme: cfg.scheme.clone(),
+            pool: Arc::new(Pool {
+                idle: (0..=crate::server::workers())
+                    .map(|_| Mutex::default())
+                    .collect(),
+            }),
+            address: format!("{}:{port}", cfg.authority.host()),
             authority: cfg.authority.clone(),
+            connect_timeout: cfg.connect_timeout,
             response_timeout: cfg.response_timeout,
         }
     }
@@ -52,31 +186,98 @@ impl Upstream {
         &self.authority
     }
 
-    /// The upstream's URI for a request path.
-    pub fn uri(&self, path_and_query: Option<&PathAndQuery>) -> Result<Uri> {
-        Uri::builder()
-            .scheme(self.scheme.clone())
-            .authority(self.authority.clone())
-            .path_and_query(path_and_query.map_or("/", |p| p.as_str()))
-            .build()
-            .map_err(|e| {
-                Error::new(Kind::BadRequest, "request target cannot be forwarded").with_source(e)
-            })
+    /// The request target sent upstream: the path and query in origin form (RFC 9112 §3.2.1).
+    pub fn target(&self, path_and_query: Option<&PathAndQuery>) -> Uri {
+        Uri::from(
+            path_and_query
+                .cloned()
+                .unwrap_or_else(|| PathAndQuery::from_static("/")),
+        )
+    }
+
+    /// A new connection, driven by a task on this thread's runtime.
+    async fn connect(&self) -> Result<http1::SendRequest<Body>> {
+        let unreachable = |e: std::io::Error| {
+            Error::new(Kind::UpstreamUnreachable, "cannot connect to the upstream").with_source(e)
+        };
+        let stream =
+            match tokio::time::timeout(self.connect_timeout, TcpStream::connect(&self.address))
+                .await
+            {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(e)) => return Err(unreachable(e)),
+                Err(_) => {
+                    return Err(unreachable(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("no connection within {:?}", self.connect_timeout),
+                    )));
+                }
+            };
+        let _ = stream.set_nodelay(true);
+        let (sender, conn) = http1::handshake(TokioIo::new(stream)).await.map_err(|e| {
+            Error::new(Kind::UpstreamUnreachable, "cannot connect to the upstream").with_source(e)
+        })?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(error = %e, "upstream connection ended with an error");
+            }
+        });
+        Ok(sender)
+    }
+
+    /// Sends a request on a pooled connection, or a new one; a request the pooled connection
+    /// could not even start to send (the upstream had just closed it) is sent again on a new one.
+    async fn exchange(&self, req: Request<Body>) -> Result<Response<UpstreamBody>> {
+        let slot = crate::server::worker() % self.pool.idle.len();
+        let mut req = req;
+        let mut fresh = false;
+        loop {
+            let mut sender = match self.pool.take(slot) {
+                Some(sender) => sender,
+                None => {
+                    fresh = true;
+                    self.connect().await?
+                }
+            };
+            if sender.ready().await.is_err() {
+                if fresh {
+                    return Err(Error::new(
+                        Kind::UpstreamUnreachable,
+                        "the upstream connection failed",
+                    ));
+                }
+                continue;
+            }
+            match sender.try_send_request(req).await {
+                Ok(res) => {
+                    let back = GiveBack {
+                        pool: self.pool.clone(),
+                        slot,
+                        sender: Some(sender),
+                        done: false,
+                    };
+                    return Ok(res.map(|body| UpstreamBody::new(body, back)));
+                }
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) if !fresh => req = unsent,
+                    _ => {
+                        return Err(Error::new(
+                            Kind::UpstreamUnreachable,
+                            "the upstream connection failed",
+                        )
+                        .with_source(e.into_error()));
+                    }
+                },
+            }
+        }
     }
 
     /// Sends a prepared request; once its body is sent, waits at most `response_timeout` for the
     /// response headers (nginx's `proxy_read_timeout`: a long upload is not a slow upstream).
-    pub async fn send(&self, req: Request<Body>) -> Result<Response<Incoming>> {
+    pub async fn send(&self, req: Request<Body>) -> Result<Response<UpstreamBody>> {
         let (sent, body_done) = tokio::sync::oneshot::channel::<()>();
-        let req = req.map(|b| {
-            body::boxed(crate::body::Counted::new(
-                b,
-                Default::default(),
-                OnDrop(Some(sent)),
-            ))
-        });
-        let client = &self.clients[crate::server::worker() % self.clients.len()];
-        let exchange = client.request(req);
+        let req = req.map(|b| body::boxed(crate::body::Counted::new(b, OnDrop(Some(sent)))));
+        let exchange = self.exchange(req);
         tokio::pin!(exchange);
         let early = tokio::select! {
             res = &mut exchange => Some(res),
@@ -91,21 +292,17 @@ impl Upstream {
                 Kind::UpstreamTimeout,
                 format!("no response headers within {:?}", self.response_timeout),
             )),
-            Ok(Err(e)) => {
-                let what = if e.is_connect() {
-                    "cannot connect to the upstream"
-                } else {
-                    "the upstream connection failed"
-                };
-                Err(Error::new(Kind::UpstreamUnreachable, what).with_source(e))
-            }
-            Ok(Ok(res)) => Ok(res),
+            Ok(res) => res,
         }
     }
 }
 
 /// Fires when dropped: the request body (and so this guard) is dropped once it is fully sent.
 struct OnDrop(Option<tokio::sync::oneshot::Sender<()>>);
+
+impl crate::body::Tally for OnDrop {
+    fn add(&self, _: u64) {}
+}
 
 impl Drop for OnDrop {
     fn drop(&mut self) {
@@ -194,13 +391,18 @@ pub async fn forward(
     ctx: &Ctx,
     session: Option<&str>,
     extra: impl FnOnce(&mut http::HeaderMap),
-) -> Result<Response<Incoming>> {
+) -> Result<Response<UpstreamBody>> {
     let upgrade =
         headers::upgrade_protocol(req.headers()).map(|p| (p, hyper::upgrade::on(&mut req)));
     let (mut parts, body) = req.into_parts();
     prepare_headers(&mut parts, ctx, secret, session);
     extra(&mut parts.headers);
-    parts.uri = upstream.uri(parts.uri.path_and_query())?;
+    parts.uri = upstream.target(parts.uri.path_and_query());
+    if !parts.headers.contains_key(HOST)
+        && let Ok(v) = HeaderValue::from_str(upstream.authority().as_str())
+    {
+        parts.headers.insert(HOST, v);
+    }
     parts.version = Version::HTTP_11;
     let client_upgrade = upgrade.map(|(protocol, on_client)| {
         headers::set_upgrade(&mut parts.headers, protocol);
@@ -237,6 +439,6 @@ async fn tunnel(client: OnUpgrade, upstream: OnUpgrade, id: String) {
 }
 
 /// An upstream response as the client's response body type.
-pub fn into_client_response(res: Response<Incoming>) -> Response<Body> {
+pub fn into_client_response(res: Response<UpstreamBody>) -> Response<Body> {
     res.map(body::boxed)
 }

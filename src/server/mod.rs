@@ -36,7 +36,7 @@ pub struct Activity {
 }
 
 impl Activity {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self {
             epoch: Instant::now(),
             in_flight: AtomicUsize::new(0),
@@ -346,12 +346,16 @@ fn spawn_workers(
             .name(format!("upgate-worker-{n}"))
             .spawn(move || {
                 WORKER.with(|w| w.set(n));
+                crate::access::buffer_on_this_thread();
                 runtime.block_on(async move {
+                    let ticks = tokio::spawn(crate::access::flush_ticks());
                     match TcpListener::from_std(socket) {
                         Ok(listener) => accept_public(listener, tls, live, shared).await,
                         Err(e) => tracing::error!(error = %e, "a worker cannot listen"),
                     }
+                    ticks.abort();
                 });
+                crate::access::flush();
             })
             .context("starting a worker thread")?;
     }
@@ -406,6 +410,8 @@ async fn accept_public(
     }
     drop((listener, mine));
     let _ = done.recv().await;
+    // This worker's access lines are written before the drain signal too.
+    crate::access::flush();
     // The gateway before the drain signal: once `shared` goes, a drain may return and expect the
     // storage to be free for the next start.
     drop(live);
