@@ -406,12 +406,22 @@ impl PartWriter {
     async fn push(&mut self, chunk: Bytes) -> Result<()> {
         let kib = u32::try_from(chunk.len().div_ceil(1024))
             .map_or(IN_FLIGHT_KIB, |k| k.clamp(1, IN_FLIGHT_KIB));
-        let permit = self
-            .budget_pool
-            .clone()
-            .acquire_many_owned(kib)
-            .await
-            .map_err(|e| Error::internal("the upload memory budget is closed", e))?;
+        let permit = match self.budget_pool.clone().try_acquire_many_owned(kib) {
+            Ok(permit) => permit,
+            Err(_) => {
+                // The budget is spent, much of it perhaps in half-full batches of parts that all
+                // wait here: this part writes what it holds first, so its share comes back
+                // whatever the others do, and the waiting always ends.
+                if !self.batch.is_empty() {
+                    self.flush().await?;
+                }
+                self.budget_pool
+                    .clone()
+                    .acquire_many_owned(kib)
+                    .await
+                    .map_err(|e| Error::internal("the upload memory budget is closed", e))?
+            }
+        };
         self.budget.push(permit);
         self.batched += chunk.len();
         self.batch.push(chunk);
@@ -506,5 +516,36 @@ impl PartWriter {
         done.await
             .map_err(|e| Error::internal("the writer thread failed", e))?
             .map_err(storage_error)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two parts share a budget that holds one batch of each only half full: when the budget is
+    /// spent, a waiting part writes its own batch, so neither waits for the other forever.
+    #[tokio::test]
+    async fn parts_waiting_for_the_budget_write_their_batches() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let budget = Arc::new(tokio::sync::Semaphore::new(96));
+        let open = |name: &str| std::fs::File::create(dir.path().join(name)).expect("create");
+        let mut a = PartWriter::new(open("a"), budget.clone());
+        let mut b = PartWriter::new(open("b"), budget.clone());
+        let chunk = Bytes::from(vec![7u8; 40 * 1024]);
+        let pushes = async {
+            for _ in 0..20 {
+                tokio::try_join!(a.push(chunk.clone()), b.push(chunk.clone())).expect("push");
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(20), pushes)
+            .await
+            .expect("the parts waited for each other's budget");
+        let (a, b) = tokio::try_join!(a.finish(), b.finish()).expect("finish");
+        assert_eq!(a.sha256, b.sha256);
+        assert_eq!(
+            std::fs::metadata(dir.path().join("a")).expect("a").len(),
+            20 * 40 * 1024
+        );
     }
 }
