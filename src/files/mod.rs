@@ -61,18 +61,51 @@ pub async fn serve(
     headers: &HeaderMap,
     file: Serve<'_>,
 ) -> Result<Response<Body>> {
-    if method != Method::GET && method != Method::HEAD {
-        return Err(Error::new(
-            Kind::MethodNotAllowed,
-            "files answer GET and HEAD only",
-        ));
+    check_method(method)?;
+    let opened = open(file.path).await?;
+    respond(method, headers, opened, &file).await
+}
+
+/// [`serve`] with the file already opened by the caller, who has checked where it leads;
+/// `file.path` is not opened again.
+///
+/// # Errors
+///
+/// As [`serve`].
+pub(crate) async fn serve_opened(
+    method: &Method,
+    headers: &HeaderMap,
+    handle: std::fs::File,
+    file: Serve<'_>,
+) -> Result<Response<Body>> {
+    check_method(method)?;
+    let opened = read_opened(handle)?;
+    respond(method, headers, opened, &file).await
+}
+
+fn check_method(method: &Method) -> Result<()> {
+    if method == Method::GET || method == Method::HEAD {
+        return Ok(());
     }
+    Err(Error::new(
+        Kind::MethodNotAllowed,
+        "files answer GET and HEAD only",
+    ))
+}
+
+/// The answer to GET or HEAD once the file is open: see [`serve`].
+async fn respond(
+    method: &Method,
+    headers: &HeaderMap,
+    opened: Opened,
+    file: &Serve<'_>,
+) -> Result<Response<Body>> {
     let Opened {
         file: handle,
         len,
         modified,
         whole,
-    } = open(file.path).await?;
+    } = opened;
     let etag = range::etag(len, modified, file.etag_extra);
     let mut res = Response::new(body::empty());
     let h = res.headers_mut();
@@ -115,7 +148,7 @@ pub async fn serve(
         }
         RangeOutcome::Unsatisfiable => return Ok(unsatisfiable(res, len)),
     };
-    describe(res.headers_mut(), &file, count);
+    describe(res.headers_mut(), file, count);
     if method == Method::GET {
         *res.body_mut() = match whole {
             Some(bytes) => body::full(bytes.slice(range_of(start, count))),
@@ -157,8 +190,12 @@ async fn open(path: &Path) -> Result<Opened> {
 }
 
 fn open_blocking(path: &Path) -> Result<Opened> {
+    read_opened(std::fs::File::open(path).map_err(open_error)?)
+}
+
+/// Stats an open file, and reads it whole when it is small.
+fn read_opened(file: std::fs::File) -> Result<Opened> {
     use std::io::Read as _;
-    let file = std::fs::File::open(path).map_err(open_error)?;
     let meta = file.metadata().map_err(open_error)?;
     if !meta.is_file() {
         return Err(Error::new(Kind::NotFound, "no such file"));
