@@ -180,7 +180,7 @@ async fn stored(
     let record = gw
         .store
         .db
-        .file(id)
+        .file_shared(id)
         .map_err(|e| Error::internal("reading the file index", e))?
         .filter(|r| name.is_none_or(|n| n == r.name))
         .ok_or_else(|| Error::new(Kind::NotFound, "no such file"))?;
