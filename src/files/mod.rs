@@ -8,6 +8,7 @@ pub mod range;
 pub mod routes;
 pub mod signed;
 
+use std::cell::RefCell;
 use std::io::{self, SeekFrom};
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -115,7 +116,9 @@ async fn respond(
     );
     h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     insert(h, header::ETAG, &etag);
-    insert(h, header::LAST_MODIFIED, &range::http_date(modified));
+    if let Some(date) = last_modified(modified) {
+        h.insert(header::LAST_MODIFIED, date);
+    }
     let text = |name| {
         headers
             .get(name)
@@ -293,6 +296,23 @@ async fn stream(mut handle: tokio::fs::File, start: u64, count: u64) -> Result<B
     let capacity = usize::try_from(count).map_or(CHUNK, |n| n.clamp(1, CHUNK));
     let chunks = ReaderStream::with_capacity(handle.take(count), capacity);
     Ok(body::boxed(StreamBody::new(chunks.map_ok(Frame::data))))
+}
+
+/// `Last-Modified` for `modified`. The last one made on this thread is kept: formatting a
+/// date costs more than comparing one, and a busy file is asked for again and again.
+fn last_modified(modified: SystemTime) -> Option<HeaderValue> {
+    thread_local! {
+        static LAST: RefCell<Option<(SystemTime, HeaderValue)>> = const { RefCell::new(None) };
+    }
+    LAST.with_borrow_mut(|last| match last {
+        Some((t, value)) if *t == modified => Some(value.clone()),
+        _ => {
+            let date = bytes::Bytes::from(range::http_date(modified));
+            let value = HeaderValue::from_maybe_shared(date).ok()?;
+            *last = Some((modified, value.clone()));
+            Some(value)
+        }
+    })
 }
 
 /// Sets a header whose value this module made; such values are always visible ASCII.

@@ -199,7 +199,7 @@ async fn stored(
 fn verify(gw: &Gateway, req: &Request<Body>) -> Result<()> {
     let uri = req.uri();
     let max_ttl = gw.config.files.max_url_ttl.as_secs();
-    match gw.secret.verify_url(
+    match gw.secret.verify_url_expiry(
         req.method().as_str(),
         uri.path(),
         uri.query(),
