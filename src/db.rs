@@ -3,7 +3,9 @@
 //! redb gives crash-safe, fsynced, copy-on-write transactions in pure Rust; every change that must
 //! survive `kill -9` is one transaction, so a crash leaves either the old state or the new.
 
+use std::collections::HashMap;
 use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::{Deserialize, Serialize};
@@ -113,6 +115,57 @@ fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T> {
 
 pub struct Db {
     db: Database,
+    records: RecordCache,
+}
+
+/// File records by id, as last read, in front of a read transaction and a JSON decode: the
+/// file routes read the same few records again and again. Every write of the `files` table
+/// forgets the ids it touched after its commit, and a record read while any write was
+/// forgetting is not kept (`forgotten` counts), so a kept record is never older than the
+/// latest commit.
+#[derive(Default)]
+struct RecordCache(Mutex<Records>);
+
+#[derive(Default)]
+struct Records {
+    by_id: HashMap<String, Arc<FileRecord>, foldhash::fast::RandomState>,
+    forgotten: u64,
+}
+
+/// At most this many records are kept (a few hundred KiB); when full, all are dropped.
+const CACHED_RECORDS: usize = 1024;
+
+impl RecordCache {
+    fn lock(&self) -> MutexGuard<'_, Records> {
+        // The map is whole between statements, so a panic elsewhere leaves it usable.
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The kept record, or the `forgotten` count to pass to [`RecordCache::keep`].
+    fn get(&self, id: &str) -> std::result::Result<Arc<FileRecord>, u64> {
+        let records = self.lock();
+        records.by_id.get(id).cloned().ok_or(records.forgotten)
+    }
+
+    /// Keeps `record`, read after `get` returned `forgotten`, unless a write forgot since.
+    fn keep(&self, record: &Arc<FileRecord>, forgotten: u64) {
+        let mut records = self.lock();
+        if records.forgotten != forgotten {
+            return;
+        }
+        if records.by_id.len() >= CACHED_RECORDS {
+            records.by_id.clear();
+        }
+        records.by_id.insert(record.id.clone(), Arc::clone(record));
+    }
+
+    fn forget<'a>(&self, ids: impl IntoIterator<Item = &'a str>) {
+        let mut records = self.lock();
+        records.forgotten = records.forgotten.wrapping_add(1);
+        for id in ids {
+            records.by_id.remove(id);
+        }
+    }
 }
 
 /// The outcome of [`Db::add_files`].
@@ -144,7 +197,10 @@ impl Db {
             tx.open_table(USED_SLOTS).map_err(db_err)?;
         }
         tx.commit().map_err(db_err)?;
-        Ok(Db { db })
+        Ok(Db {
+            db,
+            records: RecordCache::default(),
+        })
     }
 
     /// Every handle record, for loading the registry at start.
@@ -236,6 +292,22 @@ impl Db {
         tx.commit().map_err(db_err)
     }
 
+    /// A file record as [`Db::file`] reads it, kept in memory for the next request: what the
+    /// file routes use. A record is shared, never changed: a change is a new record.
+    pub fn file_shared(&self, id: &str) -> Result<Option<Arc<FileRecord>>> {
+        let forgotten = match self.records.get(id) {
+            Ok(record) => return Ok(Some(record)),
+            Err(forgotten) => forgotten,
+        };
+        let Some(record) = self.file(id)? else {
+            return Ok(None);
+        };
+        let record = Arc::new(record);
+        self.records.keep(&record, forgotten);
+        Ok(Some(record))
+    }
+
+    /// A file record, read from the database itself.
     pub fn file(&self, id: &str) -> Result<Option<FileRecord>> {
         let tx = self.db.begin_read().map_err(db_err)?;
         let table = tx.open_table(FILES).map_err(db_err)?;
@@ -304,6 +376,8 @@ impl Db {
             }
         }
         tx.commit().map_err(db_err)?;
+        let touched = new.iter().chain(&replaced).map(|f| f.id.as_str());
+        self.records.forget(touched);
         Ok(Added::Done { replaced })
     }
 
@@ -334,6 +408,7 @@ impl Db {
             }
         }
         tx.commit().map_err(db_err)?;
+        self.records.forget(ids.iter().copied());
         Ok(removed)
     }
 
@@ -341,7 +416,7 @@ impl Db {
     pub fn remove_session(&self, token: &str) -> Result<Vec<FileRecord>> {
         // Read and removed in one write transaction, so a commit cannot slip in between.
         let tx = self.db.begin_write().map_err(db_err)?;
-        let mut removed = Vec::new();
+        let mut removed: Vec<FileRecord> = Vec::new();
         {
             let mut file_table = tx.open_table(FILES).map_err(db_err)?;
             let mut index = tx.open_table(SESSION_FILES).map_err(db_err)?;
@@ -386,6 +461,7 @@ impl Db {
                 .map_err(db_err)?;
         }
         tx.commit().map_err(db_err)?;
+        self.records.forget(removed.iter().map(|f| f.id.as_str()));
         Ok(removed)
     }
 
@@ -492,6 +568,47 @@ mod tests {
             1,
             "other sessions untouched"
         );
+    }
+
+    #[test]
+    fn kept_records_go_with_every_write_of_them() {
+        let dir = tempfile::tempdir().expect("dir");
+        let db = Db::open(&dir.path().join("state.redb")).expect("open");
+        let h = HandleRecord {
+            token: "t".into(),
+            client: "c".into(),
+            expires_at: 10,
+        };
+        db.put_handle("h", &h, &SessionRecord::default())
+            .expect("session");
+        let shared = |id: &str| db.file_shared(id).expect("read").map(|r| (*r).clone());
+        db.add_files(&[file("1", "t", "a.txt"), file("2", "t", "b.txt")])
+            .expect("add");
+        assert_eq!(shared("1"), Some(file("1", "t", "a.txt")));
+        assert_eq!(shared("1"), Some(file("1", "t", "a.txt")), "kept");
+        assert_eq!(shared("2"), Some(file("2", "t", "b.txt")));
+        assert_eq!(shared("9"), None);
+        db.add_files(&[file("3", "t", "a.txt")]).expect("replace");
+        assert_eq!(shared("1"), None, "replaced by name");
+        assert_eq!(shared("3"), Some(file("3", "t", "a.txt")));
+        db.remove_files(&["2"]).expect("remove");
+        assert_eq!(shared("2"), None, "removed");
+        db.remove_session("t").expect("end");
+        assert_eq!(shared("3"), None, "its session ended");
+    }
+
+    #[test]
+    fn a_record_read_across_a_write_is_not_kept() {
+        let cache = RecordCache::default();
+        let record = Arc::new(file("1", "t", "a.txt"));
+        let forgotten = cache.get("1").expect_err("empty");
+        cache.forget(["1"]);
+        cache.keep(&record, forgotten);
+        let forgotten = cache
+            .get("1")
+            .expect_err("not kept: it may predate the write");
+        cache.keep(&record, forgotten);
+        assert_eq!(cache.get("1").ok(), Some(record));
     }
 
     #[test]

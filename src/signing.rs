@@ -237,31 +237,65 @@ impl Secret {
         now: u64,
         max_ttl_secs: u64,
     ) -> Result<SignedQuery, UrlError> {
+        let (signed, sig, expires) = self.check_url(method, path, raw_query, now, max_ttl_secs)?;
+        Ok(SignedQuery {
+            expires,
+            params: parse_form(signed),
+            sig: sig.to_owned(),
+        })
+    }
+
+    /// [`Secret::verify_url`] for a caller that needs none of the parameters (the file
+    /// routes): the same checks in the same order, and the `expires` of a valid URL.
+    ///
+    /// # Errors
+    ///
+    /// As [`Secret::verify_url`].
+    pub fn verify_url_expiry(
+        &self,
+        method: &str,
+        path: &str,
+        raw_query: Option<&str>,
+        now: u64,
+        max_ttl_secs: u64,
+    ) -> Result<u64, UrlError> {
+        let (_, _, expires) = self.check_url(method, path, raw_query, now, max_ttl_secs)?;
+        Ok(expires)
+    }
+
+    /// SPEC §7's checks: (the signed part of the query, `sig` as sent, `expires`). Nothing is
+    /// decoded into new strings: keys and `expires` are compared as they decode.
+    fn check_url<'q>(
+        &self,
+        method: &str,
+        path: &str,
+        raw_query: Option<&'q str>,
+        now: u64,
+        max_ttl_secs: u64,
+    ) -> Result<(&'q str, &'q str, u64), UrlError> {
         let raw = raw_query.ok_or(UrlError::BadSignature)?;
         let (signed, sig) = split_sig(raw).ok_or(UrlError::BadSignature)?;
-        let tag = URL_SAFE_NO_PAD
-            .decode(sig)
+        // A SHA-256 tag is 32 bytes; a longer sig could not match anyway.
+        let mut tag = [0u8; 64];
+        let len = URL_SAFE_NO_PAD
+            .decode_slice(sig, &mut tag)
             .map_err(|_| UrlError::BadSignature)?;
+        let tag = tag.get(..len).ok_or(UrlError::BadSignature)?;
         let ok = |m: &str| {
             let msg = url_message(m, path, signed);
-            hmac::verify(&self.key, msg.as_bytes(), &tag).is_ok()
+            hmac::verify(&self.key, msg.as_bytes(), tag).is_ok()
         };
         if !(ok(method) || (method == "HEAD" && ok("GET"))) {
             return Err(UrlError::BadSignature);
         }
-        let params = parse_form(signed);
-        let expires = single_expires(&params).ok_or(UrlError::BadSignature)?;
+        let expires = single_expires(signed).ok_or(UrlError::BadSignature)?;
         if expires < now {
             return Err(UrlError::Expired);
         }
         if expires > now.saturating_add(max_ttl_secs) {
             return Err(UrlError::TtlTooLong);
         }
-        Ok(SignedQuery {
-            expires,
-            params,
-            sig: sig.to_owned(),
-        })
+        Ok((signed, sig, expires))
     }
 
     /// SPEC §5 `stored`: `<id>.<b64url(name)>.<b64url(HMAC(secret, "stored\n" + id + "\n" + name))>`.
@@ -359,20 +393,23 @@ fn b64(bytes: &[u8]) -> String {
 fn split_sig(raw: &str) -> Option<(&str, &str)> {
     let (signed, last) = raw.rsplit_once('&').unwrap_or(("", raw));
     let sig = last.strip_prefix("sig=")?;
-    let sig_before = parse_form(signed).iter().any(|(k, _)| k == "sig");
+    let sig_before = form_pieces(signed).any(|(k, _)| form_is(k, "sig"));
     (!sig_before).then_some((signed, sig))
 }
 
 /// `application/x-www-form-urlencoded` parsing (WHATWG URL §5.1): `+` is a space.
 fn parse_form(query: &str) -> Vec<(String, String)> {
+    form_pieces(query)
+        .map(|(k, v)| (form_decode(k), form_decode(v)))
+        .collect()
+}
+
+/// The raw (key, value) pairs of a query, empty pieces skipped, as [`parse_form`] sees them.
+fn form_pieces(query: &str) -> impl Iterator<Item = (&str, &str)> {
     query
         .split('&')
         .filter(|piece| !piece.is_empty())
-        .map(|piece| {
-            let (k, v) = piece.split_once('=').unwrap_or((piece, ""));
-            (form_decode(k), form_decode(v))
-        })
-        .collect()
+        .map(|piece| piece.split_once('=').unwrap_or((piece, "")))
 }
 
 fn form_decode(s: &str) -> String {
@@ -380,14 +417,61 @@ fn form_decode(s: &str) -> String {
     percent_decode_str(&spaced).decode_utf8_lossy().into_owned()
 }
 
-/// The one `expires` parameter; a second one would let two readers disagree on the lifetime.
-fn single_expires(params: &[(String, String)]) -> Option<u64> {
-    let mut values = params.iter().filter(|(k, _)| k == "expires");
+/// The bytes [`form_decode`] decodes `s` to, before its UTF-8 check: `+` a space, `%XX` a
+/// byte, any other `%` itself.
+fn form_bytes(s: &str) -> impl Iterator<Item = u8> + '_ {
+    let mut rest = s.as_bytes();
+    std::iter::from_fn(move || {
+        let (&b, after) = rest.split_first()?;
+        rest = after;
+        if b == b'+' {
+            return Some(b' ');
+        }
+        if b == b'%'
+            && let [h, l, after @ ..] = rest
+            && let (Some(h), Some(l)) = (hex_value(*h), hex_value(*l))
+        {
+            rest = after;
+            return Some(h << 4 | l);
+        }
+        Some(b)
+    })
+}
+
+fn hex_value(b: u8) -> Option<u8> {
+    char::from(b)
+        .to_digit(16)
+        .and_then(|d| u8::try_from(d).ok())
+}
+
+/// Whether `raw` form-decodes to `ascii`. Comparing bytes is exact here: a byte outside
+/// ASCII (or invalid UTF-8, which [`form_decode`] makes U+FFFD) never equals an ASCII name.
+fn form_is(raw: &str, ascii: &str) -> bool {
+    form_bytes(raw).eq(ascii.bytes())
+}
+
+/// The one `expires` parameter of a raw query; a second one would let two readers disagree
+/// on the lifetime.
+fn single_expires(query: &str) -> Option<u64> {
+    let mut values = form_pieces(query).filter(|(k, _)| form_is(k, "expires"));
     let (_, first) = values.next()?;
     if values.next().is_some() {
         return None;
     }
-    parse_digits(first)
+    form_digits(first)
+}
+
+/// What [`parse_digits`] makes of [`form_decode`]`(raw)`, without the string.
+fn form_digits(raw: &str) -> Option<u64> {
+    let mut n: Option<u64> = None;
+    for b in form_bytes(raw) {
+        if !b.is_ascii_digit() {
+            return None;
+        }
+        let digit = u64::from(b - b'0');
+        n = Some(n.unwrap_or(0).checked_mul(10)?.checked_add(digit)?);
+    }
+    n
 }
 
 /// ASCII digits only: `str::parse::<u64>` would also take a leading `+`.
@@ -846,6 +930,59 @@ mod tests {
             ]
         );
         assert!(parse_form("").is_empty());
+    }
+
+    #[test]
+    fn decoding_in_place_agrees_with_decoding_to_strings() {
+        let mut rng = XorShift::new(7);
+        let alphabet: &[&str] = &[
+            "%",
+            "+",
+            "&",
+            "=",
+            "e",
+            "s",
+            "x",
+            "1",
+            "0",
+            "9",
+            "%2",
+            "%3",
+            "%65",
+            "%73",
+            "%FF",
+            "%C3%A9",
+            "expires",
+            "sig",
+            "%2B",
+            "%zz",
+            "%%",
+            "18446744073709551616",
+        ];
+        for _ in 0..20_000 {
+            let n = 1 + rng.below(8);
+            let piece: String = (0..n).map(|_| rng.pick(alphabet)).collect();
+            for name in ["sig", "expires", "e", "1"] {
+                assert_eq!(
+                    form_is(&piece, name),
+                    form_decode(&piece) == name,
+                    "{piece:?}"
+                );
+            }
+            assert_eq!(
+                form_digits(&piece),
+                parse_digits(&form_decode(&piece)),
+                "{piece:?}"
+            );
+            let by_strings = parse_form(&piece)
+                .iter()
+                .filter(|(k, _)| k == "expires")
+                .count();
+            let in_place = form_pieces(&piece)
+                .filter(|(k, _)| form_is(k, "expires"))
+                .count();
+            assert_eq!(by_strings, in_place, "{piece:?}");
+        }
     }
 
     #[test]

@@ -451,6 +451,51 @@ async fn traversal_never_returns_the_file() {
     );
 }
 
+/// A media file is opened first with no symlink allowed on its way; every path with one
+/// (in `media_root` itself or below it) must still answer by the real path.
+#[tokio::test]
+async fn symlinks_on_the_way_to_media_files() {
+    let up = TestUpstream::start().await;
+    let gw = TestGateway::start_with(&up.url(), |dir| {
+        make_media(dir);
+        let media = dir.join("media");
+        let link = |to: &Path, at: &Path| std::os::unix::fs::symlink(to, at).expect("symlink");
+        link(&media, &dir.join("media-link"));
+        link(Path::new("data.bin"), &media.join("public/alias.bin"));
+        link(Path::new("../invoices"), &media.join("public/inv"));
+        format!(
+            "[files]\nmedia_root = \"{}\"\n",
+            dir.join("media-link").display()
+        )
+    })
+    .await;
+    let (res, body) = get(&gw.url("/media/public/data.bin")).await;
+    assert_eq!((res.status, body.as_ref()), (StatusCode::OK, &data()[..]));
+    let (res, body) = get(&gw.url("/media/public/alias.bin")).await;
+    assert_eq!(
+        (res.status, body.as_ref()),
+        (StatusCode::OK, &data()[..]),
+        "a public link to a public file"
+    );
+    let (res, body) = get(&gw.url(&signed_get("/media/private/a.txt"))).await;
+    assert_eq!(
+        (res.status, body.as_ref()),
+        (StatusCode::OK, PRIVATE.as_bytes())
+    );
+    let refused = refusal(Method::GET, &gw.url("/media/public/inv/42.pdf")).await;
+    assert_eq!(
+        refused,
+        (StatusCode::FORBIDDEN, "bad_signature".to_string()),
+        "a public link to a private folder"
+    );
+    let (res, body) = get(&gw.url(&signed_get("/media/public/inv/42.pdf"))).await;
+    assert_eq!((res.status, body.as_ref()), (StatusCode::OK, PDF));
+    let (res, _) = get(&gw.url(&signed_get("/media/public/escape.txt"))).await;
+    assert_eq!(res.status, StatusCode::FORBIDDEN);
+    let (res, _) = get(&gw.url(&signed_get("/media/private/missing.txt"))).await;
+    assert_eq!(res.status, StatusCode::NOT_FOUND);
+}
+
 #[tokio::test]
 async fn routes_own_their_prefix_only() {
     let (_up, gw) = media_gateway().await;

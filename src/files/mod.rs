@@ -8,6 +8,7 @@ pub mod range;
 pub mod routes;
 pub mod signed;
 
+use std::cell::RefCell;
 use std::io::{self, SeekFrom};
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -61,18 +62,51 @@ pub async fn serve(
     headers: &HeaderMap,
     file: Serve<'_>,
 ) -> Result<Response<Body>> {
-    if method != Method::GET && method != Method::HEAD {
-        return Err(Error::new(
-            Kind::MethodNotAllowed,
-            "files answer GET and HEAD only",
-        ));
+    check_method(method)?;
+    let opened = open(file.path).await?;
+    respond(method, headers, opened, &file).await
+}
+
+/// [`serve`] with the file already opened by the caller, who has checked where it leads;
+/// `file.path` is not opened again.
+///
+/// # Errors
+///
+/// As [`serve`].
+pub(crate) async fn serve_opened(
+    method: &Method,
+    headers: &HeaderMap,
+    handle: std::fs::File,
+    file: Serve<'_>,
+) -> Result<Response<Body>> {
+    check_method(method)?;
+    let opened = read_opened(handle)?;
+    respond(method, headers, opened, &file).await
+}
+
+fn check_method(method: &Method) -> Result<()> {
+    if method == Method::GET || method == Method::HEAD {
+        return Ok(());
     }
+    Err(Error::new(
+        Kind::MethodNotAllowed,
+        "files answer GET and HEAD only",
+    ))
+}
+
+/// The answer to GET or HEAD once the file is open: see [`serve`].
+async fn respond(
+    method: &Method,
+    headers: &HeaderMap,
+    opened: Opened,
+    file: &Serve<'_>,
+) -> Result<Response<Body>> {
     let Opened {
         file: handle,
         len,
         modified,
         whole,
-    } = open(file.path).await?;
+    } = opened;
     let etag = range::etag(len, modified, file.etag_extra);
     let mut res = Response::new(body::empty());
     let h = res.headers_mut();
@@ -82,7 +116,9 @@ pub async fn serve(
     );
     h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     insert(h, header::ETAG, &etag);
-    insert(h, header::LAST_MODIFIED, &range::http_date(modified));
+    if let Some(date) = last_modified(modified) {
+        h.insert(header::LAST_MODIFIED, date);
+    }
     let text = |name| {
         headers
             .get(name)
@@ -115,7 +151,7 @@ pub async fn serve(
         }
         RangeOutcome::Unsatisfiable => return Ok(unsatisfiable(res, len)),
     };
-    describe(res.headers_mut(), &file, count);
+    describe(res.headers_mut(), file, count);
     if method == Method::GET {
         *res.body_mut() = match whole {
             Some(bytes) => body::full(bytes.slice(range_of(start, count))),
@@ -157,8 +193,12 @@ async fn open(path: &Path) -> Result<Opened> {
 }
 
 fn open_blocking(path: &Path) -> Result<Opened> {
+    read_opened(std::fs::File::open(path).map_err(open_error)?)
+}
+
+/// Stats an open file, and reads it whole when it is small.
+fn read_opened(file: std::fs::File) -> Result<Opened> {
     use std::io::Read as _;
-    let file = std::fs::File::open(path).map_err(open_error)?;
     let meta = file.metadata().map_err(open_error)?;
     if !meta.is_file() {
         return Err(Error::new(Kind::NotFound, "no such file"));
@@ -256,6 +296,23 @@ async fn stream(mut handle: tokio::fs::File, start: u64, count: u64) -> Result<B
     let capacity = usize::try_from(count).map_or(CHUNK, |n| n.clamp(1, CHUNK));
     let chunks = ReaderStream::with_capacity(handle.take(count), capacity);
     Ok(body::boxed(StreamBody::new(chunks.map_ok(Frame::data))))
+}
+
+/// `Last-Modified` for `modified`. The last one made on this thread is kept: formatting a
+/// date costs more than comparing one, and a busy file is asked for again and again.
+fn last_modified(modified: SystemTime) -> Option<HeaderValue> {
+    thread_local! {
+        static LAST: RefCell<Option<(SystemTime, HeaderValue)>> = const { RefCell::new(None) };
+    }
+    LAST.with_borrow_mut(|last| match last {
+        Some((t, value)) if *t == modified => Some(value.clone()),
+        _ => {
+            let date = bytes::Bytes::from(range::http_date(modified));
+            let value = HeaderValue::from_maybe_shared(date).ok()?;
+            *last = Some((modified, value.clone()));
+            Some(value)
+        }
+    })
 }
 
 /// Sets a header whose value this module made; such values are always visible ASCII.

@@ -136,6 +136,12 @@ pub fn etag(size: u64, modified: SystemTime, extra: &str) -> String {
     let (secs, nanos) = (since.as_secs(), since.subsec_nanos());
     if extra.is_empty() {
         format!("\"{secs:x}.{nanos:x}-{size:x}\"")
+    } else if extra
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b))
+    {
+        // A file id always: nothing to encode.
+        format!("\"{secs:x}.{nanos:x}-{size:x}-{extra}\"")
     } else {
         let extra = utf8_percent_encode(extra, ETAG_EXTRA);
         format!("\"{secs:x}.{nanos:x}-{size:x}-{extra}\"")
@@ -244,6 +250,11 @@ fn unix_secs(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
+/// The bytes [`ATTR_CHAR`] leaves as they are.
+fn is_attr_char(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$&+-.^_`|~".contains(&b)
+}
+
 /// RFC 8187 `attr-char`: what `filename*` may carry unencoded.
 const ATTR_CHAR: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'!')
@@ -274,6 +285,14 @@ pub fn content_disposition(disposition: &str, name: &str) -> String {
     };
     if name.is_empty() {
         return kind.to_owned();
+    }
+    if name.bytes().all(is_attr_char) {
+        // Both forms are the name itself (attr-char has no quote, backslash or `%`).
+        let mut value = String::with_capacity(kind.len() + 2 * name.len() + 32);
+        for part in [kind, "; filename=\"", name, "\"; filename*=UTF-8''", name] {
+            value.push_str(part);
+        }
+        return value;
     }
     let fallback: String = name
         .chars()

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use http::header::{self, HeaderMap};
 use http::{Method, Request, Response, StatusCode};
 
-use super::{Serve, paths, serve};
+use super::{Serve, paths, serve, serve_opened};
 use crate::body::Body;
 use crate::error::{Error, Kind, Result};
 use crate::gateway::Gateway;
@@ -54,18 +54,21 @@ pub async fn media_route(gw: &Gateway, req: &Request<Body>, rest: &str) -> Resul
         verify(gw, req)?;
     }
     let relative = relative?;
-    let (root, path) = resolve(media_root(gw)?, &relative).await?;
-    if public && !path.starts_with(root.join(prefix)) {
+    let media = open_media(media_root(gw)?, &relative)?;
+    if public
+        && let Some((root, real)) = &media.followed
+        && !real.starts_with(root.join(prefix))
+    {
         verify(gw, req)?;
     }
     let content_type = media_type(&relative);
     let file = Serve {
-        path: &path,
+        path: &media.path,
         content_type: &content_type,
         disposition: None,
         etag_extra: "",
     };
-    serve(req.method(), req.headers(), file).await
+    serve_opened(req.method(), req.headers(), media.file, file).await
 }
 
 /// Serves the file an upstream response named (`X-Accel-Redirect`, `X-Sendfile`) in place
@@ -136,15 +139,15 @@ async fn accel_media(
             "X-Accel-Redirect names a media file but files.media_root is not set",
         )
     })?;
-    let (_, path) = resolve(root, relative).await?;
+    let media = open_media(root, relative)?;
     let guessed = media_type(relative);
     let file = Serve {
-        path: &path,
+        path: &media.path,
         content_type: content_type.unwrap_or(&guessed),
         disposition: None,
         etag_extra: "",
     };
-    serve(method, conditional, file).await
+    serve_opened(method, conditional, media.file, file).await
 }
 
 /// The upstream's status (when it was not 200), disposition and caching headers on a file answer.
@@ -176,7 +179,7 @@ async fn stored(
     let record = gw
         .store
         .db
-        .file(id)
+        .file_shared(id)
         .map_err(|e| Error::internal("reading the file index", e))?
         .filter(|r| name.is_none_or(|n| n == r.name))
         .ok_or_else(|| Error::new(Kind::NotFound, "no such file"))?;
@@ -195,7 +198,7 @@ async fn stored(
 fn verify(gw: &Gateway, req: &Request<Body>) -> Result<()> {
     let uri = req.uri();
     let max_ttl = gw.config.files.max_url_ttl.as_secs();
-    match gw.secret.verify_url(
+    match gw.secret.verify_url_expiry(
         req.method().as_str(),
         uri.path(),
         uri.query(),
@@ -224,20 +227,69 @@ fn media_root(gw: &Gateway) -> Result<&Path> {
         .ok_or_else(|| Error::new(Kind::NotFound, "no media folder is configured"))
 }
 
-/// The real paths of `root` and of `relative` under it, symlinks followed; refused (`403`,
-/// as nginx's `disable_symlinks`) when the file is not inside the root.
-async fn resolve(root: &Path, relative: &str) -> Result<(PathBuf, PathBuf)> {
-    // On the request's thread, as the file is opened (see `files::open`).
+/// A media file, opened.
+struct Media {
+    file: std::fs::File,
+    path: PathBuf,
+    /// The real root and the real path, when a symlink was followed on the way (else the
+    /// file is `root/relative` itself, and `relative` tells where it lies).
+    followed: Option<(PathBuf, PathBuf)>,
+}
+
+/// Opens `relative` under `root`; refused (`403`, as nginx's `disable_symlinks`) when a
+/// symlink leads out of the root. On the request's thread, as `files::open` opens.
+///
+/// Symlinks are rare in a media folder, so the file is first opened with none allowed
+/// anywhere on its path (`openat2` with `RESOLVE_NO_SYMLINKS`): one system call, and what it
+/// opens is inside the root by construction, since `relative` has no `..`
+/// ([`paths::media_relative`]). Failing that (a symlink, a missing file, a kernel without
+/// `openat2`), the real root is found and the file opened below it the same way, and then
+/// the real path is resolved and compared with the real root, which answers every case.
+fn open_media(root: &Path, relative: &str) -> Result<Media> {
+    let direct = root.join(relative);
+    if let Ok(file) = open_no_symlinks(&direct) {
+        return Ok(Media {
+            file,
+            path: direct,
+            followed: None,
+        });
+    }
     let root = std::fs::canonicalize(root)
         .map_err(|e| Error::internal("files.media_root cannot be resolved", e))?;
-    let path = std::fs::canonicalize(root.join(relative)).map_err(super::open_error)?;
-    if !path.starts_with(&root) {
+    let below = root.join(relative);
+    if let Ok(file) = open_no_symlinks(&below) {
+        return Ok(Media {
+            file,
+            path: below,
+            followed: None,
+        });
+    }
+    let real = std::fs::canonicalize(&below).map_err(super::open_error)?;
+    if !real.starts_with(&root) {
         return Err(Error::new(
             Kind::Forbidden,
             "a symlink leads outside the media folder",
         ));
     }
-    Ok((root, path))
+    let file = std::fs::File::open(&real).map_err(super::open_error)?;
+    Ok(Media {
+        file,
+        path: real.clone(),
+        followed: Some((root, real)),
+    })
+}
+
+/// Opens `path` for reading unless a symlink is on its way (then `ELOOP`).
+fn open_no_symlinks(path: &Path) -> std::io::Result<std::fs::File> {
+    use rustix::fs::{Mode, OFlags, ResolveFlags};
+    let fd = rustix::fs::openat2(
+        rustix::fs::CWD,
+        path,
+        OFlags::RDONLY | OFlags::CLOEXEC,
+        Mode::empty(),
+        ResolveFlags::NO_SYMLINKS,
+    )?;
+    Ok(std::fs::File::from(fd))
 }
 
 /// Content-Type by extension, from `mime_guess`'s table (the one nginx's `mime.types` is close to).
