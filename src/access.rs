@@ -5,7 +5,8 @@
 //! own work (callgrind: 14,000 of 87,000 instructions per request). Public worker threads keep
 //! their lines for up to [`FLUSH_EVERY`] or [`FLUSH_BYTES`], as nginx's `access_log ... buffer=`
 //! and Envoy's access logs do, and so write once for many requests; every other thread writes each
-//! line at once. A worker flushes its lines when it stops, so a drained server loses none.
+//! line at once. From the drain on, workers write each line at once too, and a drain returns only
+//! once every worker has written what it kept.
 
 use std::cell::RefCell;
 use std::fmt::Write as _;
@@ -38,6 +39,13 @@ struct Lines {
     buffered: bool,
 }
 
+impl Drop for Lines {
+    /// A thread that ends writes what it kept.
+    fn drop(&mut self) {
+        write_out(&mut self.buf);
+    }
+}
+
 thread_local! {
     static LINES: RefCell<Lines> = const {
         RefCell::new(Lines { buf: String::new(), buffered: false })
@@ -48,6 +56,15 @@ thread_local! {
 /// tick every [`FLUSH_EVERY`] and flushes when it stops).
 pub fn buffer_on_this_thread() {
     LINES.with(|l| l.borrow_mut().buffered = true);
+}
+
+/// Makes this thread write each access line at once again, writing what it kept.
+pub fn stop_buffering() {
+    LINES.with(|l| {
+        let mut lines = l.borrow_mut();
+        lines.buffered = false;
+        write_out(&mut lines.buf);
+    });
 }
 
 /// Writes the lines this thread keeps.
@@ -68,15 +85,47 @@ pub async fn flush_ticks() {
     }
 }
 
+/// The most one `write` carries: a pipe keeps a write of up to `PIPE_BUF` (4 KiB on Linux)
+/// whole, so the lines of two workers never interleave mid-line.
+const WRITE_MAX: usize = 4096;
+
 fn write_out(buf: &mut String) {
     if buf.is_empty() {
         return;
     }
     if let Some(mut sink) = SINK.get() {
         // A log sink that fails (a closed journal pipe) loses lines; the request goes on.
-        let _ = sink.write_all(buf.as_bytes());
+        for piece in pieces(buf.as_bytes(), WRITE_MAX) {
+            let _ = sink.write_all(piece);
+        }
     }
     buf.clear();
+}
+
+/// `bytes` (whole lines) cut at line ends into pieces of at most `max` bytes; a longer line is a
+/// piece of its own.
+fn pieces(bytes: &[u8], max: usize) -> impl Iterator<Item = &[u8]> {
+    let mut rest = bytes;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let window = &rest[..rest.len().min(max)];
+        let end = if window.len() == rest.len() {
+            rest.len()
+        } else {
+            match window.iter().rposition(|&b| b == b'\n') {
+                Some(i) => i + 1,
+                None => rest
+                    .iter()
+                    .position(|&b| b == b'\n')
+                    .map_or(rest.len(), |i| i + 1),
+            }
+        };
+        let (piece, tail) = rest.split_at(end);
+        rest = tail;
+        Some(piece)
+    })
 }
 
 /// Shared by the request and response bodies; dropping the last holder logs the line and counts the metrics.
@@ -212,6 +261,18 @@ impl Drop for Exchange {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pieces_end_at_line_ends() {
+        let text = "aaa\nbb\ncccccc\nd\n";
+        let cut: Vec<&str> = pieces(text.as_bytes(), 8)
+            .map(|p| std::str::from_utf8(p).expect("utf-8"))
+            .collect();
+        assert_eq!(cut, ["aaa\nbb\n", "cccccc\n", "d\n"]);
+        let long: Vec<&[u8]> = pieces(b"0123456789\nab\n", 4).collect();
+        assert_eq!(long, [&b"0123456789\n"[..], &b"ab\n"[..]]);
+        assert_eq!(pieces(b"", 4).count(), 0);
+    }
 
     #[test]
     fn millis_with_two_decimals() {

@@ -418,3 +418,49 @@ async fn sigterm_during_uploads_lets_them_finish_and_lists_only_whole_files() {
         "whole files only"
     );
 }
+
+#[tokio::test]
+async fn every_access_line_is_written_by_the_time_a_drained_server_exits() {
+    let up = TestUpstream::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_secret(dir.path());
+    let path = write_config(dir.path(), &config_text(dir.path(), &up.url(), ""));
+    let mut gw = Spawned::start(&path);
+    // Workers keep their lines for up to 100 ms: SIGTERM comes right after the last answer.
+    let client = client();
+    for i in 0..40 {
+        let res = within(
+            10,
+            client.get(format!("http://{}/line/{i}", gw.addr).parse().expect("uri")),
+        )
+        .await
+        .expect("response");
+        assert_eq!(res.status(), StatusCode::OK);
+        within(10, http_body_util::BodyExt::collect(res.into_body()))
+            .await
+            .expect("body");
+    }
+    drop(client);
+    gw.signal("-TERM");
+    assert!(gw.wait_exit(30).await.success());
+    let log = gw.log.clone();
+    poll(10, || {
+        let log = log.clone();
+        // The drain's own line comes after every access line, or the drain returned too soon.
+        async move { log.lock().expect("log").contains(" drained") }
+    })
+    .await;
+    let log = log.lock().expect("log").clone();
+    for i in 0..40 {
+        let line = log
+            .lines()
+            .find(|l| {
+                l.contains(" INFO upgate::access: ") && l.contains(&format!(" path=/line/{i} "))
+            })
+            .unwrap_or_else(|| panic!("no access line for /line/{i}:\n{log}"));
+        assert!(
+            line.contains(" method=GET ") && line.contains(" status=200 "),
+            "{line}"
+        );
+    }
+}

@@ -271,7 +271,15 @@ fn open_media(root: &Path, relative: &str) -> Result<Media> {
             "a symlink leads outside the media folder",
         ));
     }
-    let file = std::fs::File::open(&real).map_err(super::open_error)?;
+    // The real path has no symlink left: opening it with none allowed closes the window in
+    // which one could be put there since it was resolved.
+    let file = match open_no_symlinks(&real) {
+        Err(e) if e.raw_os_error() == Some(rustix::io::Errno::NOSYS.raw_os_error()) => {
+            std::fs::File::open(&real)
+        }
+        opened => opened,
+    }
+    .map_err(super::open_error)?;
     Ok(Media {
         file,
         path: real.clone(),
@@ -279,13 +287,14 @@ fn open_media(root: &Path, relative: &str) -> Result<Media> {
     })
 }
 
-/// Opens `path` for reading unless a symlink is on its way (then `ELOOP`).
+/// Opens `path` for reading unless a symlink is on its way (then `ELOOP`). Non-blocking, so a
+/// FIFO put in the media folder cannot hold the worker in `open` (only regular files are served).
 fn open_no_symlinks(path: &Path) -> std::io::Result<std::fs::File> {
     use rustix::fs::{Mode, OFlags, ResolveFlags};
     let fd = rustix::fs::openat2(
         rustix::fs::CWD,
         path,
-        OFlags::RDONLY | OFlags::CLOEXEC,
+        OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NONBLOCK,
         Mode::empty(),
         ResolveFlags::NO_SYMLINKS,
     )?;

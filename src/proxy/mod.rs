@@ -3,6 +3,7 @@
 pub mod directives;
 pub mod headers;
 
+use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
@@ -40,7 +41,8 @@ pub struct Upstream {
 /// its response has been read to the end, the way nginx's `keepalive` pool works; no task or
 /// channel per request stands between the request and its connection.
 struct Pool {
-    idle: Vec<Mutex<Vec<Idle>>>,
+    /// Oldest first: taken from the back (the warmest), expired ones closed from the front.
+    idle: Vec<Mutex<VecDeque<Idle>>>,
 }
 
 struct Idle {
@@ -58,8 +60,9 @@ impl Pool {
         let mut idle = self.idle[slot]
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        while let Some(conn) = idle.pop() {
-            if !conn.sender.is_closed() && conn.since.elapsed() < POOL_IDLE {
+        expire(&mut idle);
+        while let Some(conn) = idle.pop_back() {
+            if !conn.sender.is_closed() {
                 return Some(conn.sender);
             }
         }
@@ -73,12 +76,21 @@ impl Pool {
         let mut idle = self.idle[slot]
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
+        expire(&mut idle);
         if idle.len() < POOL_MAX_IDLE {
-            idle.push(Idle {
+            idle.push_back(Idle {
                 sender,
                 since: Instant::now(),
             });
         }
+    }
+}
+
+/// Closes the connections idle for [`POOL_IDLE`] or more (the oldest are at the front), so a
+/// burst's connections do not hold the upstream's workers once the burst is over.
+fn expire(idle: &mut VecDeque<Idle>) {
+    while idle.front().is_some_and(|c| c.since.elapsed() >= POOL_IDLE) {
+        idle.pop_front();
     }
 }
 

@@ -338,6 +338,9 @@ fn spawn_workers(
     for n in 1..=workers() {
         let socket = listener.try_clone().context("the public listener")?;
         let (tls, live, shared) = (tls.clone(), live.clone(), shared.clone());
+        // Held until the worker's runtime is gone and its last access lines are written: a
+        // drain does not return before that.
+        let alive = shared.alive.clone();
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -355,7 +358,11 @@ fn spawn_workers(
                     }
                     ticks.abort();
                 });
+                // Tasks the runtime still holds (an upstream connection owning a request body)
+                // end with it, and may log as they go.
+                drop(runtime);
                 crate::access::flush();
+                drop(alive);
             })
             .context("starting a worker thread")?;
     }
@@ -373,7 +380,11 @@ async fn accept_public(
     let mut shutdown = shared.shutdown.clone();
     loop {
         let (stream, peer) = tokio::select! {
-            _ = stopped(&mut shutdown) => break,
+            _ = stopped(&mut shutdown) => {
+                // From the drain on, each access line is written at once.
+                crate::access::stop_buffering();
+                break;
+            }
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
                 Err(e) => { accept_failed(e).await; continue; }
