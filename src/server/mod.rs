@@ -308,6 +308,11 @@ fn builder(header_timeout: Duration) -> auto::Builder<TokioExecutor> {
     b
 }
 
+/// Threads each worker may run blocking work on (file writes, fsyncs, state commits); more
+/// such jobs wait their turn. Hundreds of parallel uploads would otherwise each get a thread,
+/// with its stack and its share of the allocator's arenas, to write to the same disk.
+const BLOCKING_THREADS: usize = 32;
+
 /// How many threads serve the public listeners: one per core.
 pub fn workers() -> usize {
     std::thread::available_parallelism().map_or(1, usize::from)
@@ -343,6 +348,7 @@ fn spawn_workers(
         let alive = shared.alive.clone();
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
+            .max_blocking_threads(BLOCKING_THREADS)
             .build()
             .context("starting a worker runtime")?;
         std::thread::Builder::new()
