@@ -1,5 +1,9 @@
 """bench/run's table: medians of each figure, ratios measured in the same run, and the goals of issue 7.
 
+A ratio is the median of the rounds' own ratios (each round measures both sides back to back),
+not the ratio of the two medians: the machine's speed moves between rounds, and a pair measured
+together moves with it.
+
 python3 bench/table.py RESULTS_FILE "MACHINE LINE" ROUNDS
 """
 import statistics
@@ -29,6 +33,14 @@ def ratio(a, b):
     return a / b if a is not None and b else None
 
 
+def paired(ka, kb):
+    """The median of the per-round ratios of ka to kb (the ratio of medians if they do not pair)."""
+    a, b = values.get(ka), values.get(kb)
+    if not a or not b or len(a) != len(b):
+        return ratio(med(ka), med(kb))
+    return statistics.median(x / y for x, y in zip(a, b) if y)
+
+
 rows = []
 
 
@@ -44,17 +56,18 @@ def check(x, test):
 
 if "proxy_upgate_rps" in values:
     u, n = med("proxy_upgate_rps"), med("proxy_nginx_rps")
-    r = ratio(u, n)
+    r = paired("proxy_upgate_rps", "proxy_nginx_rps")
     row(1, "proxy req/s", u, f"nginx {fmt(n)}", r, "≥ 1.25×", check(r, lambda x: x >= 1.25))
     u, n = med("proxy_upgate_cpu"), med("proxy_nginx_cpu")
     if u is not None:
-        row(1, "proxy CPU µs per request (server only)", u, f"nginx {fmt(n, 1)}", ratio(u, n), "", None, 1)
+        row(1, "proxy CPU µs per request (server only)", u, f"nginx {fmt(n, 1)}",
+            paired("proxy_upgate_cpu", "proxy_nginx_cpu"), "", None, 1)
     u, n = med("proxy_upgate_p99"), med("proxy_nginx_p99")
-    r = ratio(u, n)
+    r = paired("proxy_upgate_p99", "proxy_nginx_p99")
     row(1, "proxy p99 ms", u, f"nginx {fmt(n, 2)}", r, "≤ 1.00×", check(r, lambda x: x <= 1.0), 2)
 if "upload_mbps" in values:
     u, d = med("upload_mbps"), med("dd_mbps")
-    r = ratio(u, d)
+    r = paired("upload_mbps", "dd_mbps")
     row(2, "1 GiB upload MB/s", u, f"dd fdatasync {fmt(d)}", r, "≥ 0.80×", check(r, lambda x: x >= 0.8))
     m = med("upload_rss")
     row(2, "peak RSS MiB", m, "", None, "≤ 32", check(m, lambda x: x <= 32), 1)
@@ -68,13 +81,14 @@ if "files_nginx_rps" in values:
     n = med("files_nginx_rps")
     for who, route in (("files", "/files"), ("media", "/media")):
         u = med(f"files_{who}_rps")
-        r = ratio(u, n)
+        r = paired(f"files_{who}_rps", "files_nginx_rps")
         row(4, f"{route} 1 KiB req/s", u, f"nginx secure_link {fmt(n)}", r, "≥ 1.00×",
             check(r, lambda x: x >= 1.0))
     for who, route in (("files", "/files"), ("media", "/media")):
         u, n = med(f"files_{who}_cpu"), med("files_nginx_cpu")
         if u is not None:
-            row(4, f"{route} CPU µs per request", u, f"nginx {fmt(n, 1)}", ratio(u, n), "", None, 1)
+            row(4, f"{route} CPU µs per request", u, f"nginx {fmt(n, 1)}",
+                paired(f"files_{who}_cpu", "files_nginx_cpu"), "", None, 1)
 if "resolves" in values:
     v = med("resolves")
     row(5, "resolves/s, 1M handles, 1 thread", v, "", None, "≥ 5,000,000", check(v, lambda x: x >= 5e6))
