@@ -488,13 +488,14 @@ async fn upstream_connections_are_kept_alive_and_closed_ones_replaced() {
 
 #[tokio::test]
 async fn a_connection_still_sending_a_body_is_not_reused() {
-    // The upstream answers 413 at once and leaves the 8 MiB body unread for 30 s: that connection
-    // is busy until then, and the next requests must not wait for it.
+    // The upstream answers 413 at once and leaves the body unread for 30 s: that connection is
+    // busy until then (1 GiB cannot all wait in socket buffers), and the next requests must not
+    // wait for it.
     let (url, _) = raw_upstream(false, std::time::Duration::from_secs(30)).await;
     let gw = TestGateway::start(&url, "").await;
     let client = client();
     let req = Request::post(gw.url("/early"))
-        .body(pattern_body(8 << 20, true))
+        .body(pattern_body(1 << 30, true))
         .expect("req");
     let res = within(10, client.request(req)).await.expect("response");
     assert_eq!(res.status(), StatusCode::PAYLOAD_TOO_LARGE);

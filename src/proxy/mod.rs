@@ -5,6 +5,7 @@ pub mod headers;
 
 use std::collections::VecDeque;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -99,6 +100,8 @@ struct GiveBack {
     pool: Arc<Pool>,
     slot: usize,
     sender: Option<http1::SendRequest<Body>>,
+    /// Set once the request body has been sent to its end.
+    sent: Arc<AtomicBool>,
     done: bool,
 }
 
@@ -107,16 +110,17 @@ impl Drop for GiveBack {
         let (true, Some(mut sender)) = (self.done, self.sender.take()) else {
             return;
         };
-        if sender.is_ready() {
+        if self.sent.load(Ordering::Acquire) && sender.is_ready() {
             self.pool.put(self.slot, sender);
             return;
         }
         // Still busy (the request body may still be going out after an early answer): it joins
-        // the pool once the connection is idle, so a request never waits behind another's body.
-        let (pool, slot) = (self.pool.clone(), self.slot);
+        // the pool once the connection is idle and the body was sent whole, so a request never
+        // waits behind another's body; a body hyper gave up on closes the connection.
+        let (pool, slot, sent) = (self.pool.clone(), self.slot, self.sent.clone());
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(async move {
-                if sender.ready().await.is_ok() {
+                if sender.ready().await.is_ok() && sent.load(Ordering::Acquire) {
                     pool.put(slot, sender);
                 }
             });
@@ -239,7 +243,11 @@ impl Upstream {
 
     /// Sends a request on a pooled connection, or a new one; a request the pooled connection
     /// could not even start to send (the upstream had just closed it) is sent again on a new one.
-    async fn exchange(&self, req: Request<Body>) -> Result<Response<UpstreamBody>> {
+    async fn exchange(
+        &self,
+        req: Request<Body>,
+        sent: Arc<AtomicBool>,
+    ) -> Result<Response<UpstreamBody>> {
         let slot = crate::server::worker() % self.pool.idle.len();
         let mut req = req;
         let mut fresh = false;
@@ -266,6 +274,7 @@ impl Upstream {
                         pool: self.pool.clone(),
                         slot,
                         sender: Some(sender),
+                        sent,
                         done: false,
                     };
                     return Ok(res.map(|body| UpstreamBody::new(body, back)));
@@ -287,9 +296,16 @@ impl Upstream {
     /// Sends a prepared request; once its body is sent, waits at most `response_timeout` for the
     /// response headers (nginx's `proxy_read_timeout`: a long upload is not a slow upstream).
     pub async fn send(&self, req: Request<Body>) -> Result<Response<UpstreamBody>> {
-        let (sent, body_done) = tokio::sync::oneshot::channel::<()>();
-        let req = req.map(|b| body::boxed(crate::body::Counted::new(b, OnDrop(Some(sent)))));
-        let exchange = self.exchange(req);
+        let (dropped, body_done) = tokio::sync::oneshot::channel::<()>();
+        let sent = Arc::new(AtomicBool::new(false));
+        let req = req.map(|b| {
+            body::boxed(RequestBody {
+                ended: Ended::new(&b, sent.clone()),
+                inner: b,
+                dropped: Some(dropped),
+            })
+        });
+        let exchange = self.exchange(req, sent);
         tokio::pin!(exchange);
         let early = tokio::select! {
             res = &mut exchange => Some(res),
@@ -309,18 +325,64 @@ impl Upstream {
     }
 }
 
-/// Fires when dropped: the request body (and so this guard) is dropped once it is fully sent.
-struct OnDrop(Option<tokio::sync::oneshot::Sender<()>>);
+/// Marks its flag when the body it watches has been read to its end.
+struct Ended(Arc<AtomicBool>);
 
-impl crate::body::Tally for OnDrop {
-    fn add(&self, _: u64) {}
+impl Ended {
+    fn new(body: &Body, flag: Arc<AtomicBool>) -> Self {
+        if http_body::Body::is_end_stream(body) {
+            flag.store(true, Ordering::Release);
+        }
+        Self(flag)
+    }
 }
 
-impl Drop for OnDrop {
-    fn drop(&mut self) {
-        if let Some(tx) = self.0.take() {
-            let _ = tx.send(());
+pin_project_lite::pin_project! {
+    /// A request body on its way upstream: says when it has been sent whole (`ended`), and fires
+    /// `dropped` once hyper lets go of it (sent, or given up on).
+    struct RequestBody {
+        #[pin]
+        inner: Body,
+        ended: Ended,
+        dropped: Option<tokio::sync::oneshot::Sender<()>>,
+    }
+
+    impl PinnedDrop for RequestBody {
+        fn drop(this: Pin<&mut Self>) {
+            if let Some(tx) = this.project().dropped.take() {
+                let _ = tx.send(());
+            }
         }
+    }
+}
+
+impl http_body::Body for RequestBody {
+    type Data = bytes::Bytes;
+    type Error = crate::error::BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<std::result::Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+        let mut this = self.project();
+        let polled = this.inner.as_mut().poll_frame(cx);
+        let ended = match &polled {
+            Poll::Ready(None) => true,
+            Poll::Ready(Some(Ok(_))) => this.inner.is_end_stream(),
+            _ => false,
+        };
+        if ended {
+            this.ended.0.store(true, Ordering::Release);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }
 
