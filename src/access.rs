@@ -13,7 +13,7 @@ use std::fmt::Write as _;
 use std::io::Write as _;
 use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use http::Method;
 
@@ -37,6 +37,9 @@ struct Lines {
     buf: String,
     /// Whether this thread keeps lines (a public worker) or writes each at once.
     buffered: bool,
+    /// The time of the last line to the second (`2026-11-21T17:58:01`), and that second.
+    stamp: String,
+    stamp_secs: u64,
 }
 
 impl Drop for Lines {
@@ -48,7 +51,12 @@ impl Drop for Lines {
 
 thread_local! {
     static LINES: RefCell<Lines> = const {
-        RefCell::new(Lines { buf: String::new(), buffered: false })
+        RefCell::new(Lines {
+            buf: String::new(),
+            buffered: false,
+            stamp: String::new(),
+            stamp_secs: u64::MAX,
+        })
     };
 }
 
@@ -198,16 +206,26 @@ impl Exchange {
     /// bytes_in=… bytes_out=… total_ms=… upstream_ms=…` (`-` when the upstream was not asked),
     /// the shape of upgate's other log lines. The path is as hyper parsed it: no spaces or
     /// control characters can be in it.
-    fn line(&self, out: &mut String) {
+    fn line(&self, out: &mut String, stamp: &mut String, stamp_secs: &mut u64) {
         let status = self.status.load(Ordering::Relaxed);
         let total = self.started.elapsed();
         let upstream = self.upstream_micros.load(Ordering::Relaxed);
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        if now.as_secs() != *stamp_secs {
+            // The date and time to the second change once a second: formatted then, not per line.
+            *stamp_secs = now.as_secs();
+            stamp.clear();
+            let seconds = humantime::format_rfc3339_seconds(UNIX_EPOCH + now).to_string();
+            stamp.push_str(seconds.trim_end_matches('Z'));
+        }
         // Writing into a String cannot fail.
         let _ = write!(
             out,
-            "{}  INFO upgate::access: id={} method={} path={} status={status} bytes_in={} \
-             bytes_out={} total_ms=",
-            humantime::format_rfc3339_micros(SystemTime::now()),
+            "{stamp}.{:06}Z  INFO upgate::access: id={} method={} path={} status={status} \
+             bytes_in={} bytes_out={} total_ms=",
+            now.subsec_micros(),
             self.id,
             self.method,
             self.path,
@@ -250,9 +268,15 @@ impl Drop for Exchange {
         }
         LINES.with(|l| {
             let mut lines = l.borrow_mut();
-            self.line(&mut lines.buf);
-            if !lines.buffered || lines.buf.len() >= FLUSH_BYTES {
-                write_out(&mut lines.buf);
+            let Lines {
+                buf,
+                buffered,
+                stamp,
+                stamp_secs,
+            } = &mut *lines;
+            self.line(buf, stamp, stamp_secs);
+            if !*buffered || buf.len() >= FLUSH_BYTES {
+                write_out(buf);
             }
         });
     }
@@ -301,9 +325,14 @@ mod tests {
         let ex = Arc::new(ex);
         crate::body::Tally::add(&Received(ex.clone()), 10);
         crate::body::Tally::add(&Sent(ex.clone()), 20);
-        let mut line = String::new();
-        ex.line(&mut line);
+        let (mut line, mut stamp, mut secs) = (String::new(), String::new(), u64::MAX);
+        ex.line(&mut line, &mut stamp, &mut secs);
         assert!(line.ends_with('\n'));
+        // An RFC 3339 time with microseconds first: 2026-11-21T17:58:01.123456Z.
+        let time = line.split_once("  ").expect("time").0;
+        assert_eq!(time.len(), 27, "{time}");
+        assert!(time.ends_with('Z') && time.as_bytes()[19] == b'.', "{time}");
+        humantime::parse_rfc3339(time).expect("an RFC 3339 time");
         let fields = line
             .split_once("  INFO upgate::access: ")
             .expect("prefix")
@@ -317,7 +346,7 @@ mod tests {
         assert!(fields.trim_end().ends_with("upstream_ms=-"), "{fields}");
         ex.set_upstream_time(Duration::from_micros(1500));
         line.clear();
-        ex.line(&mut line);
+        ex.line(&mut line, &mut stamp, &mut secs);
         assert!(line.trim_end().ends_with("upstream_ms=1.50"), "{line}");
     }
 }

@@ -332,7 +332,11 @@ impl Gateway {
         let id = trusted_peer
             .then(|| headers::trusted_request_id(req.headers()))
             .flatten()
-            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+            .unwrap_or_else(|| {
+                // Straight into the string, without the formatting machinery.
+                let mut buf = uuid::Uuid::encode_buffer();
+                (*uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf)).to_owned()
+            });
         let client = identity::identity_value(req.headers(), &self.config.identity, &self.secret)
             .map(|v| self.secret.client_key(&v));
         let exchange = Arc::new(Exchange::begin(

@@ -64,7 +64,7 @@ pub async fn media_route(gw: &Gateway, req: &Request<Body>, rest: &str) -> Resul
     let content_type = media_type(&relative);
     let file = Serve {
         path: &media.path,
-        content_type: &content_type,
+        content_type,
         disposition: None,
         etag_extra: "",
     };
@@ -143,7 +143,7 @@ async fn accel_media(
     let guessed = media_type(relative);
     let file = Serve {
         path: &media.path,
-        content_type: content_type.unwrap_or(&guessed),
+        content_type: content_type.unwrap_or(guessed),
         disposition: None,
         etag_extra: "",
     };
@@ -302,8 +302,8 @@ fn open_no_symlinks(path: &Path) -> std::io::Result<std::fs::File> {
 }
 
 /// Content-Type by extension, from `mime_guess`'s table (the one nginx's `mime.types` is close to).
-fn media_type(relative: &str) -> String {
+fn media_type(relative: &str) -> &'static str {
     mime_guess::from_path(relative)
-        .first_or_octet_stream()
-        .to_string()
+        .first_raw()
+        .unwrap_or("application/octet-stream")
 }
