@@ -152,6 +152,25 @@ impl UpstreamBody {
     }
 }
 
+/// What a body's `poll_frame` returns.
+type Polled<B> = Poll<
+    Option<
+        std::result::Result<
+            http_body::Frame<<B as http_body::Body>::Data>,
+            <B as http_body::Body>::Error,
+        >,
+    >,
+>;
+
+/// Whether a poll of `body` shows it at its end: no frame left, or the last one just given.
+fn at_end<B: http_body::Body>(polled: &Polled<B>, body: &B) -> bool {
+    match polled {
+        Poll::Ready(None) => true,
+        Poll::Ready(Some(Ok(_))) => body.is_end_stream(),
+        _ => false,
+    }
+}
+
 impl http_body::Body for UpstreamBody {
     type Data = bytes::Bytes;
     type Error = hyper::Error;
@@ -162,12 +181,9 @@ impl http_body::Body for UpstreamBody {
     ) -> Poll<Option<std::result::Result<http_body::Frame<bytes::Bytes>, hyper::Error>>> {
         let mut this = self.project();
         let polled = this.inner.as_mut().poll_frame(cx);
-        let ended = match &polled {
-            Poll::Ready(None) => true,
-            Poll::Ready(Some(Ok(_))) => this.inner.is_end_stream(),
-            _ => false,
-        };
-        if ended && let Some(mut back) = this.back.take() {
+        if at_end(&polled, &*this.inner)
+            && let Some(mut back) = this.back.take()
+        {
             back.done = true;
         }
         polled
@@ -366,12 +382,7 @@ impl http_body::Body for RequestBody {
     ) -> Poll<Option<std::result::Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
         let mut this = self.project();
         let polled = this.inner.as_mut().poll_frame(cx);
-        let ended = match &polled {
-            Poll::Ready(None) => true,
-            Poll::Ready(Some(Ok(_))) => this.inner.is_end_stream(),
-            _ => false,
-        };
-        if ended {
+        if at_end(&polled, &*this.inner) {
             this.ended.0.store(true, Ordering::Release);
         }
         polled
