@@ -402,10 +402,13 @@ async fn a_slow_upload_is_not_an_upstream_timeout() {
 
 /// A raw HTTP/1.1 upstream: answers every request head with `200 ok` (a `POST` to `/early` with
 /// `413` at once, leaving its body unread for `stall`), counting the connections it accepted;
-/// `close_after_each` closes each connection after one answer, without saying so.
+/// `close_after_each` closes each connection after one answer, without saying so, and
+/// `lose_second` closes it when a second request has come, without answering it (an upstream
+/// closing an idle connection just as a request goes out on it).
 async fn raw_upstream(
     close_after_each: bool,
     stall: std::time::Duration,
+    lose_second: bool,
 ) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -421,6 +424,7 @@ async fn raw_upstream(
             tokio::spawn(async move {
                 let mut buf = Vec::new();
                 let mut chunk = [0u8; 4096];
+                let mut answered = 0;
                 loop {
                     let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
                         match stream.read(&mut chunk).await {
@@ -431,6 +435,10 @@ async fn raw_upstream(
                     };
                     let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
                     buf.drain(..end + 4);
+                    if lose_second && answered == 1 {
+                        return;
+                    }
+                    answered += 1;
                     if head.starts_with("post /early") {
                         let _ = stream
                             .write_all(
@@ -454,7 +462,7 @@ async fn raw_upstream(
 #[tokio::test]
 async fn upstream_connections_are_kept_alive_and_closed_ones_replaced() {
     use std::sync::atomic::Ordering;
-    let (url, accepted) = raw_upstream(false, std::time::Duration::ZERO).await;
+    let (url, accepted) = raw_upstream(false, std::time::Duration::ZERO, false).await;
     let gw = TestGateway::start(&url, "").await;
     let client = client();
     for _ in 0..20 {
@@ -474,7 +482,7 @@ async fn upstream_connections_are_kept_alive_and_closed_ones_replaced() {
 
     // An upstream that drops each connection after one answer: every request still gets through,
     // on a new connection.
-    let (url, accepted) = raw_upstream(true, std::time::Duration::ZERO).await;
+    let (url, accepted) = raw_upstream(true, std::time::Duration::ZERO, false).await;
     let gw = TestGateway::start(&url, "").await;
     for i in 0..10 {
         let (res, body) = get(&gw.url(&format!("/{i}"))).await;
@@ -491,7 +499,7 @@ async fn a_connection_still_sending_a_body_is_not_reused() {
     // The upstream answers 413 at once and leaves the body unread for 30 s: that connection is
     // busy until then (1 GiB cannot all wait in socket buffers), and the next requests must not
     // wait for it.
-    let (url, _) = raw_upstream(false, std::time::Duration::from_secs(30)).await;
+    let (url, _) = raw_upstream(false, std::time::Duration::from_secs(30), false).await;
     let gw = TestGateway::start(&url, "").await;
     let client = client();
     let req = Request::post(gw.url("/early"))
@@ -506,4 +514,55 @@ async fn a_connection_still_sending_a_body_is_not_reused() {
             .expect("response");
         assert_eq!(res.status(), StatusCode::OK, "request {i}");
     }
+}
+
+#[tokio::test]
+async fn a_bodiless_idempotent_request_lost_on_a_pooled_connection_is_sent_again() {
+    use std::sync::atomic::Ordering;
+    // Every upstream connection answers one request and drops the next unanswered.
+    let (url, accepted) = raw_upstream(false, std::time::Duration::ZERO, true).await;
+    let gw = TestGateway::start(&url, "").await;
+    let client = client();
+    let get = |path: &str| {
+        let uri = gw.url(path).parse().expect("uri");
+        let client = client.clone();
+        async move { within(10, client.get(uri)).await.expect("response") }
+    };
+    for i in 0..4 {
+        if i > 0 {
+            // The pooled connection has been idle long enough to be closed by an upstream's
+            // keep-alive timeout: what this test is about, not a wait for readiness.
+            tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+        }
+        let res = get(&format!("/get/{i}")).await;
+        assert_eq!(res.status(), StatusCode::OK, "GET {i}");
+        within(10, http_body_util::BodyExt::collect(res.into_body()))
+            .await
+            .expect("body");
+    }
+    assert!(
+        accepted.load(Ordering::SeqCst) >= 4,
+        "each GET after the first needed a new connection"
+    );
+
+    // A POST with a body is never sent twice: the lost one is a 502.
+    let mut refused = 0;
+    for i in 0..4 {
+        let req = Request::post(gw.url(&format!("/post/{i}")))
+            .body(upgate::body::full("x"))
+            .expect("req");
+        let res = within(10, client.request(req)).await.expect("response");
+        if res.status() == StatusCode::BAD_GATEWAY {
+            refused += 1;
+        } else {
+            assert_eq!(res.status(), StatusCode::OK, "POST {i}");
+        }
+        within(10, http_body_util::BodyExt::collect(res.into_body()))
+            .await
+            .expect("body");
+    }
+    assert!(
+        refused > 0,
+        "a POST lost on a pooled connection is not replayed"
+    );
 }

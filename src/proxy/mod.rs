@@ -53,18 +53,25 @@ struct Idle {
 
 /// An idle connection older than this is closed rather than reused (nginx's `keepalive_timeout`).
 const POOL_IDLE: Duration = Duration::from_secs(60);
+/// A pooled connection idle for this long may be closed by the upstream's keep-alive timeout as
+/// a request goes out on it, so an idempotent request without a body keeps a copy to send again.
+/// One used more recently is not (no upstream times out so soon), and the copy, an eighth of a
+/// proxied request's cost, is not made under load.
+const REPLAY_AFTER_IDLE: Duration = Duration::from_millis(500);
+
 /// Idle connections a worker keeps at most; more are closed as they come back.
 const POOL_MAX_IDLE: usize = 1024;
 
 impl Pool {
-    fn take(&self, slot: usize) -> Option<http1::SendRequest<Body>> {
+    /// The warmest live idle connection, and how long it has been idle.
+    fn take(&self, slot: usize) -> Option<(http1::SendRequest<Body>, Duration)> {
         let mut idle = self.idle[slot]
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         expire(&mut idle);
         while let Some(conn) = idle.pop_back() {
             if !conn.sender.is_closed() {
-                return Some(conn.sender);
+                return Some((conn.sender, conn.since.elapsed()));
             }
         }
         None
@@ -257,8 +264,11 @@ impl Upstream {
         Ok(sender)
     }
 
-    /// Sends a request on a pooled connection, or a new one; a request the pooled connection
-    /// could not even start to send (the upstream had just closed it) is sent again on a new one.
+    /// Sends a request on a pooled connection, or a new one. A request the pooled connection
+    /// could not even start to send (the upstream had just closed it) is sent again; so is an
+    /// idempotent request without a body that a connection idle for [`REPLAY_AFTER_IDLE`] lost
+    /// before any answer (the upstream closed it as the request went out), once, on a new
+    /// connection, as nginx's `proxy_next_upstream error` does. Nothing has reached the client.
     async fn exchange(
         &self,
         req: Request<Body>,
@@ -266,14 +276,17 @@ impl Upstream {
     ) -> Result<Response<UpstreamBody>> {
         let slot = crate::server::worker() % self.pool.idle.len();
         let mut req = req;
-        let mut fresh = false;
+        let mut must_connect = false;
         loop {
-            let mut sender = match self.pool.take(slot) {
-                Some(sender) => sender,
-                None => {
-                    fresh = true;
-                    self.connect().await?
-                }
+            let pooled = if must_connect {
+                None
+            } else {
+                self.pool.take(slot)
+            };
+            let fresh = pooled.is_none();
+            let (mut sender, idle_for) = match pooled {
+                Some(pooled) => pooled,
+                None => (self.connect().await?, Duration::ZERO),
             };
             if sender.ready().await.is_err() {
                 if fresh {
@@ -284,6 +297,11 @@ impl Upstream {
                 }
                 continue;
             }
+            let replay = if idle_for >= REPLAY_AFTER_IDLE {
+                replay_of(&req)
+            } else {
+                None
+            };
             match sender.try_send_request(req).await {
                 Ok(res) => {
                     let back = GiveBack {
@@ -295,8 +313,13 @@ impl Upstream {
                     };
                     return Ok(res.map(|body| UpstreamBody::new(body, back)));
                 }
-                Err(mut e) => match e.take_message() {
-                    Some(unsent) if !fresh => req = unsent,
+                Err(mut e) => match (e.take_message(), replay) {
+                    (Some(unsent), _) if !fresh => req = unsent,
+                    (None, Some(copy)) => {
+                        tracing::debug!(error = %e.error(), "pooled upstream connection lost; sending again");
+                        req = copy;
+                        must_connect = true;
+                    }
                     _ => {
                         return Err(Error::new(
                             Kind::UpstreamUnreachable,
@@ -339,6 +362,20 @@ impl Upstream {
             Ok(res) => res,
         }
     }
+}
+
+/// A copy of an idempotent request without a body (RFC 9110 §9.2.2: it may be sent again), or
+/// `None` for any other request.
+fn replay_of(req: &Request<Body>) -> Option<Request<Body>> {
+    if !req.method().is_idempotent() || !http_body::Body::is_end_stream(req.body()) {
+        return None;
+    }
+    let mut copy = Request::new(body::empty());
+    *copy.method_mut() = req.method().clone();
+    *copy.uri_mut() = req.uri().clone();
+    *copy.version_mut() = req.version();
+    *copy.headers_mut() = req.headers().clone();
+    Some(copy)
 }
 
 /// Marks its flag when the body it watches has been read to its end.
