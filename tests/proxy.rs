@@ -466,13 +466,8 @@ async fn upstream_connections_are_kept_alive_and_closed_ones_replaced() {
     let gw = TestGateway::start(&url, "").await;
     let client = client();
     for _ in 0..20 {
-        let res = within(10, client.get(gw.url("/").parse().expect("uri")))
-            .await
-            .expect("response");
-        assert_eq!(res.status(), StatusCode::OK);
-        within(10, http_body_util::BodyExt::collect(res.into_body()))
-            .await
-            .expect("body");
+        let (res, _) = get_on(&client, &gw.url("/")).await;
+        assert_eq!(res.status, StatusCode::OK);
     }
     let opened = accepted.load(Ordering::SeqCst);
     assert!(
@@ -523,22 +518,14 @@ async fn a_bodiless_idempotent_request_lost_on_a_pooled_connection_is_sent_again
     let (url, accepted) = raw_upstream(false, std::time::Duration::ZERO, true).await;
     let gw = TestGateway::start(&url, "").await;
     let client = client();
-    let get = |path: &str| {
-        let uri = gw.url(path).parse().expect("uri");
-        let client = client.clone();
-        async move { within(10, client.get(uri)).await.expect("response") }
-    };
     for i in 0..4 {
         if i > 0 {
             // The pooled connection has been idle long enough to be closed by an upstream's
             // keep-alive timeout: what this test is about, not a wait for readiness.
             tokio::time::sleep(std::time::Duration::from_millis(600)).await;
         }
-        let res = get(&format!("/get/{i}")).await;
-        assert_eq!(res.status(), StatusCode::OK, "GET {i}");
-        within(10, http_body_util::BodyExt::collect(res.into_body()))
-            .await
-            .expect("body");
+        let (res, _) = get_on(&client, &gw.url(&format!("/get/{i}"))).await;
+        assert_eq!(res.status, StatusCode::OK, "GET {i}");
     }
     assert!(
         accepted.load(Ordering::SeqCst) >= 4,
@@ -551,15 +538,12 @@ async fn a_bodiless_idempotent_request_lost_on_a_pooled_connection_is_sent_again
         let req = Request::post(gw.url(&format!("/post/{i}")))
             .body(upgate::body::full("x"))
             .expect("req");
-        let res = within(10, client.request(req)).await.expect("response");
-        if res.status() == StatusCode::BAD_GATEWAY {
+        let (res, _) = send_on(&client, req).await;
+        if res.status == StatusCode::BAD_GATEWAY {
             refused += 1;
         } else {
-            assert_eq!(res.status(), StatusCode::OK, "POST {i}");
+            assert_eq!(res.status, StatusCode::OK, "POST {i}");
         }
-        within(10, http_body_util::BodyExt::collect(res.into_body()))
-            .await
-            .expect("body");
     }
     assert!(
         refused > 0,

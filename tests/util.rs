@@ -521,25 +521,35 @@ impl Drop for TestGateway {
     }
 }
 
-pub fn client() -> Client<hyper_util::client::legacy::connect::HttpConnector, Body> {
+pub type TestClient = Client<hyper_util::client::legacy::connect::HttpConnector, Body>;
+
+pub fn client() -> TestClient {
     Client::builder(TokioExecutor::new()).build_http()
 }
 
 /// Sends a request and collects the answer (small bodies only).
 pub async fn send(req: Request<Body>) -> (http::response::Parts, Bytes) {
-    let res = within(120, client().request(req)).await.expect("request");
+    send_on(&client(), req).await
+}
+
+/// [`send`] on a given client, whose keep-alive connections the next request may reuse.
+pub async fn send_on(client: &TestClient, req: Request<Body>) -> (http::response::Parts, Bytes) {
+    let res = within(120, client.request(req)).await.expect("request");
     let (parts, body) = res.into_parts();
     let bytes = within(120, body.collect()).await.expect("body").to_bytes();
     (parts, bytes)
 }
 
 pub async fn get(url: &str) -> (http::response::Parts, Bytes) {
-    send(
-        Request::get(url)
-            .body(upgate::body::empty())
-            .expect("request"),
-    )
-    .await
+    get_on(&client(), url).await
+}
+
+/// [`get`] on a given client (see [`send_on`]).
+pub async fn get_on(client: &TestClient, url: &str) -> (http::response::Parts, Bytes) {
+    let req = Request::get(url)
+        .body(upgate::body::empty())
+        .expect("request");
+    send_on(client, req).await
 }
 
 pub fn json(bytes: &Bytes) -> serde_json::Value {
