@@ -369,16 +369,7 @@ async fn a_large_file_streams_intact() {
         media_config(dir)
     })
     .await;
-    let res = within(
-        30,
-        client().request(
-            Request::get(gw.url("/media/public/big.bin"))
-                .body(upgate::body::empty())
-                .expect("req"),
-        ),
-    )
-    .await
-    .expect("response");
+    let res = get_streaming(&gw.url("/media/public/big.bin"), 30).await;
     assert_eq!(res.status(), StatusCode::OK);
     let (got, digest) = within(60, digest_body(res.into_body())).await;
     assert_eq!((got, digest), (len as u64, pattern_digest(len as u64)));

@@ -271,16 +271,7 @@ async fn metrics_count_uploads_signatures_handles_and_disk() {
 async fn an_upstream_reset_mid_response_breaks_only_that_response() {
     let up = TestUpstream::start().await;
     let gw = TestGateway::start(&up.url(), "").await;
-    let res = within(
-        10,
-        client().request(
-            Request::get(gw.url("/reset"))
-                .body(upgate::body::empty())
-                .expect("req"),
-        ),
-    )
-    .await
-    .expect("headers");
+    let res = get_streaming(&gw.url("/reset"), 10).await;
     assert_eq!(res.status(), StatusCode::OK);
     let collected = within(10, res.into_body().collect()).await;
     assert!(

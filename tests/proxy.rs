@@ -56,16 +56,7 @@ async fn chunked_request_and_large_response_stream() {
     assert_eq!(e.body_len, len);
     assert_eq!(e.body_sha256, pattern_digest(len));
 
-    let res = within(
-        30,
-        client().request(
-            Request::get(gw.url(&format!("/stream/{len}")))
-                .body(upgate::body::empty())
-                .expect("req"),
-        ),
-    )
-    .await
-    .expect("response");
+    let res = get_streaming(&gw.url(&format!("/stream/{len}")), 30).await;
     assert_eq!(res.status(), StatusCode::OK);
     let (got, digest) = within(60, digest_body(res.into_body())).await;
     assert_eq!((got, digest), (len, pattern_digest(len)));

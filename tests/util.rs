@@ -540,6 +540,15 @@ pub async fn send_on(client: &TestClient, req: Request<Body>) -> (http::response
     (parts, bytes)
 }
 
+/// A `GET` whose answer is read by the caller as it streams: the response once its headers
+/// have come, within `secs`.
+pub async fn get_streaming(url: &str, secs: u64) -> Response<Incoming> {
+    let req = Request::get(url)
+        .body(upgate::body::empty())
+        .expect("request");
+    within(secs, client().request(req)).await.expect("response")
+}
+
 pub async fn get(url: &str) -> (http::response::Parts, Bytes) {
     get_on(&client(), url).await
 }
