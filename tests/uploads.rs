@@ -230,6 +230,17 @@ async fn the_whole_flow() {
             .contains("filename*=UTF-8''report.pdf")
     );
 
+    // Asked for again and again (each worker reads it once, then keeps it in memory).
+    for _ in 0..4 {
+        let (res, bytes) = send(
+            b.request("GET", url)
+                .body(upgate::body::empty())
+                .expect("req"),
+        )
+        .await;
+        assert_eq!(res.status, StatusCode::OK);
+        assert_eq!(bytes.as_ref(), pdf().as_slice());
+    }
     let (res, _) = send(
         b.request("DELETE", "/uploads/report.pdf")
             .body(upgate::body::empty())
@@ -237,6 +248,14 @@ async fn the_whole_flow() {
     )
     .await;
     assert_eq!(res.status, StatusCode::NO_CONTENT);
+    // The signed URL was answered from memory above; the removal ends it all the same.
+    let (res, _) = send(
+        b.request("GET", url)
+            .body(upgate::body::empty())
+            .expect("req"),
+    )
+    .await;
+    assert_eq!(res.status, StatusCode::NOT_FOUND);
     let (res, body) = send(
         b.request("DELETE", "/uploads/report.pdf")
             .body(upgate::body::empty())

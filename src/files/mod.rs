@@ -9,9 +9,10 @@ pub mod routes;
 pub mod signed;
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::io::{self, SeekFrom};
 use std::path::Path;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures_util::TryStreamExt as _;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -64,6 +65,36 @@ pub async fn serve(
 ) -> Result<Response<Body>> {
     check_method(method)?;
     let opened = open(file.path).await?;
+    respond(method, headers, opened, &file).await
+}
+
+/// [`serve`] for a stored file, whose bytes never change under its id (a replaced file gets a
+/// new id, a removed one loses its record first): a small one is kept in memory once read,
+/// so asking for it again costs no open, stat, read or close (see [`Kept`]).
+///
+/// # Errors
+///
+/// As [`serve`].
+pub async fn serve_stored(
+    method: &Method,
+    headers: &HeaderMap,
+    file: Serve<'_>,
+    id: &str,
+) -> Result<Response<Body>> {
+    check_method(method)?;
+    let now = Instant::now();
+    let opened = match KEPT.with_borrow(|kept| kept.get(id, now)) {
+        Some(opened) => opened,
+        None => {
+            let opened = open(file.path).await?;
+            if let Some(whole) = &opened.whole {
+                KEPT.with_borrow_mut(|kept| {
+                    kept.keep(id, whole.clone(), opened.len, opened.modified, now);
+                });
+            }
+            opened
+        }
+    };
     respond(method, headers, opened, &file).await
 }
 
@@ -153,9 +184,10 @@ async fn respond(
     };
     describe(res.headers_mut(), file, count);
     if method == Method::GET {
-        *res.body_mut() = match whole {
-            Some(bytes) => body::full(bytes.slice(range_of(start, count))),
-            None => stream(tokio::fs::File::from_std(handle), start, count).await?,
+        *res.body_mut() = match (whole, handle) {
+            (Some(bytes), _) => body::full(bytes.slice(range_of(start, count))),
+            (None, Some(handle)) => stream(tokio::fs::File::from_std(handle), start, count).await?,
+            (None, None) => unreachable!("an opened file has its bytes or its handle"),
         };
     }
     Ok(res)
@@ -176,9 +208,10 @@ pub fn conditional_headers(headers: &HeaderMap) -> HeaderMap {
 /// Files up to this size are read whole in the step that opens them.
 const SMALL: u64 = 64 * 1024;
 
-/// A regular file, opened: its handle, length, modification time, and its bytes when it is small.
+/// A regular file, opened: its handle, length, modification time, and its bytes when it is
+/// small (then the handle may be gone: a file [`Kept`] in memory has none).
 struct Opened {
-    file: std::fs::File,
+    file: Option<std::fs::File>,
     len: u64,
     modified: SystemTime,
     whole: Option<bytes::Bytes>,
@@ -221,7 +254,7 @@ fn read_opened(file: std::fs::File) -> Result<Opened> {
         None
     };
     Ok(Opened {
-        file,
+        file: Some(file),
         len,
         modified: meta.modified().unwrap_or(UNIX_EPOCH),
         whole,
@@ -232,6 +265,75 @@ fn read_opened(file: std::fs::File) -> Result<Opened> {
 fn range_of(start: u64, count: u64) -> std::ops::Range<usize> {
     let start = usize::try_from(start).unwrap_or(usize::MAX);
     start..start.saturating_add(usize::try_from(count).unwrap_or(usize::MAX))
+}
+
+/// How long a kept file is served from memory before it is read again: a stored file changes
+/// only when someone edits the storage by hand, and then it shows within this time (nginx's
+/// `open_file_cache_valid` is 60 s too).
+const KEPT_FOR: Duration = Duration::from_secs(60);
+
+/// At most this many bytes of small stored files are kept per worker; a file that does not
+/// fit any more makes the worker drop all it kept and start again.
+const KEPT_BYTES: usize = 4 * 1024 * 1024;
+
+thread_local! {
+    /// This worker's small stored files, by id.
+    static KEPT: RefCell<Kept> = RefCell::new(Kept::default());
+}
+
+/// Small stored files ([`SMALL`] bytes at most) a worker has read, by file id, so that a file
+/// asked for again and again (a thumbnail, an avatar) is answered from memory: two system
+/// calls a request (read the request, write the answer) where reading it from disk takes six.
+#[derive(Default)]
+struct Kept {
+    by_id: HashMap<String, KeptFile, foldhash::fast::RandomState>,
+    bytes: usize,
+}
+
+struct KeptFile {
+    whole: bytes::Bytes,
+    len: u64,
+    modified: SystemTime,
+    read_at: Instant,
+}
+
+impl Kept {
+    fn get(&self, id: &str, now: Instant) -> Option<Opened> {
+        let kept = self.by_id.get(id)?;
+        (now.saturating_duration_since(kept.read_at) < KEPT_FOR).then(|| Opened {
+            file: None,
+            len: kept.len,
+            modified: kept.modified,
+            whole: Some(kept.whole.clone()),
+        })
+    }
+
+    fn keep(
+        &mut self,
+        id: &str,
+        whole: bytes::Bytes,
+        len: u64,
+        modified: SystemTime,
+        now: Instant,
+    ) {
+        if let Some(old) = self.by_id.remove(id) {
+            self.bytes -= old.whole.len();
+        }
+        if self.bytes + whole.len() > KEPT_BYTES {
+            self.by_id.clear();
+            self.bytes = 0;
+        }
+        self.bytes += whole.len();
+        self.by_id.insert(
+            id.to_owned(),
+            KeptFile {
+                whole,
+                len,
+                modified,
+                read_at: now,
+            },
+        );
+    }
 }
 
 /// How a failed open or lookup answers, as nginx maps errno: absent 404, not readable 403.
@@ -406,6 +508,31 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(e.kind, Kind::MethodNotAllowed);
+    }
+
+    #[test]
+    fn kept_files_are_served_for_a_while_within_a_budget() {
+        let mut kept = Kept::default();
+        let t0 = Instant::now();
+        let small = bytes::Bytes::from_static(b"0123456789");
+        kept.keep("a", small.clone(), 10, UNIX_EPOCH, t0);
+        let got = kept.get("a", t0 + KEPT_FOR / 2).expect("kept");
+        assert_eq!(got.whole.as_deref(), Some(&b"0123456789"[..]));
+        assert!(got.file.is_none());
+        assert!(
+            kept.get("a", t0 + KEPT_FOR).is_none(),
+            "read again after KEPT_FOR"
+        );
+        assert!(kept.get("b", t0).is_none());
+        // Kept again: the byte count follows the replacement, not the sum.
+        kept.keep("a", small, 10, UNIX_EPOCH, t0);
+        assert_eq!(kept.bytes, 10);
+        // A file past the budget empties it first.
+        let big = bytes::Bytes::from(vec![0u8; KEPT_BYTES - 5]);
+        kept.keep("big", big, (KEPT_BYTES - 5) as u64, UNIX_EPOCH, t0);
+        assert!(kept.get("a", t0).is_none());
+        assert!(kept.get("big", t0).is_some());
+        assert_eq!(kept.bytes, KEPT_BYTES - 5);
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use http::header::{self, HeaderMap};
 use http::{Method, Request, Response, StatusCode};
 
-use super::{Serve, paths, serve, serve_opened};
+use super::{Serve, paths, serve_opened, serve_stored};
 use crate::body::Body;
 use crate::error::{Error, Kind, Result};
 use crate::gateway::Gateway;
@@ -191,7 +191,7 @@ async fn stored(
         disposition: Some((STORED_DISPOSITION, &record.name)),
         etag_extra: &record.id,
     };
-    serve(method, headers, file).await
+    serve_stored(method, headers, file, &record.id).await
 }
 
 /// SPEC §7 on the request as it came: its method, raw path and raw query.
