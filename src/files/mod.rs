@@ -87,15 +87,28 @@ pub async fn serve_stored(
         Some(opened) => opened,
         None => {
             let opened = open(file.path).await?;
-            if let Some(whole) = &opened.whole {
-                KEPT.with_borrow_mut(|kept| {
-                    kept.keep(id, whole.clone(), opened.len, opened.modified, now);
-                });
-            }
+            // Its id names its bytes: no stamp to check.
+            let opened = Opened {
+                stamp: None,
+                ..opened
+            };
+            KEPT.with_borrow_mut(|kept| kept.keep(id, &opened, now));
             opened
         }
     };
     respond(method, headers, opened, &file).await
+}
+
+/// A media file [`serve_opened`] kept, if `path` still names it unchanged: one `lstat` in
+/// place of the open, stat, read and close. `None` sends the caller to open it.
+pub(crate) fn kept_media(path: &Path) -> Option<Opened> {
+    let key = path.to_str()?;
+    let now = Instant::now();
+    KEPT_MEDIA.with_borrow(|kept| {
+        let opened = kept.get(key, now)?;
+        let on_disk = Stamp::of_path(path).ok()?;
+        (opened.stamp == Some(on_disk)).then_some(opened)
+    })
 }
 
 /// [`serve`] with the file already opened by the caller, who has checked where it leads;
@@ -104,14 +117,36 @@ pub async fn serve_stored(
 /// # Errors
 ///
 /// As [`serve`].
+/// With `keep`, a small media file opened from a path free of symlinks (`file.path`) is kept
+/// in memory for [`kept_media`] to find, unless it changed too recently to tell.
 pub(crate) async fn serve_opened(
     method: &Method,
     headers: &HeaderMap,
     handle: std::fs::File,
     file: Serve<'_>,
+    keep: bool,
 ) -> Result<Response<Body>> {
     check_method(method)?;
     let opened = read_opened(handle)?;
+    if keep
+        && let Some(key) = file.path.to_str()
+        && opened
+            .stamp
+            .is_some_and(|stamp| !stamp.changed_lately(SystemTime::now()))
+    {
+        KEPT_MEDIA.with_borrow_mut(|kept| kept.keep(key, &opened, Instant::now()));
+    }
+    respond(method, headers, opened, &file).await
+}
+
+/// A kept media file answers only while its path names it unchanged.
+pub(crate) async fn serve_kept(
+    method: &Method,
+    headers: &HeaderMap,
+    opened: Opened,
+    file: Serve<'_>,
+) -> Result<Response<Body>> {
+    check_method(method)?;
     respond(method, headers, opened, &file).await
 }
 
@@ -137,6 +172,7 @@ async fn respond(
         len,
         modified,
         whole,
+        ..
     } = opened;
     let etag = range::etag(len, modified, file.etag_extra);
     let mut res = Response::new(body::empty());
@@ -210,11 +246,57 @@ const SMALL: u64 = 64 * 1024;
 
 /// A regular file, opened: its handle, length, modification time, and its bytes when it is
 /// small (then the handle may be gone: a file [`Kept`] in memory has none).
-struct Opened {
+pub(crate) struct Opened {
     file: Option<std::fs::File>,
     len: u64,
     modified: SystemTime,
     whole: Option<bytes::Bytes>,
+    /// As read from disk; a stored file kept in memory has none.
+    stamp: Option<Stamp>,
+}
+
+/// What tells a file's bytes on disk apart without reading them: which file it is, its
+/// length, and when its content (mtime) or anything about it (ctime: a rename, a chmod, a
+/// write) last changed, to the nanosecond the file system keeps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Stamp {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+/// The kernel stamps file times from a clock that moves in ticks (a few ms): two writes within
+/// one tick leave the same times. A file changed less than this long ago is not kept, as git
+/// does not trust an index entry as new as the index ("racy git").
+const SETTLED: Duration = Duration::from_secs(2);
+
+impl Stamp {
+    fn of(meta: &std::fs::Metadata) -> Self {
+        use std::os::unix::fs::MetadataExt as _;
+        Self {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            len: meta.len(),
+            mtime: (meta.mtime(), meta.mtime_nsec()),
+            ctime: (meta.ctime(), meta.ctime_nsec()),
+        }
+    }
+
+    /// The stamp of what `path` names itself (a symlink is not followed: it never matches).
+    fn of_path(path: &Path) -> io::Result<Self> {
+        std::fs::symlink_metadata(path).map(|meta| Self::of(&meta))
+    }
+
+    /// Whether the file changed less than [`SETTLED`] before `now` (or seems to from the future).
+    fn changed_lately(&self, now: SystemTime) -> bool {
+        let (secs, nanos) = self.mtime.max(self.ctime);
+        let changed = u64::try_from(secs)
+            .ok()
+            .map(|secs| UNIX_EPOCH + Duration::new(secs, u32::try_from(nanos).unwrap_or(0)));
+        changed.is_none_or(|t| now.duration_since(t).is_ok_and(|age| age < SETTLED) || t > now)
+    }
 }
 
 /// Opens a file on the request's own thread, as nginx does without `aio threads`: opening, stat
@@ -258,6 +340,7 @@ fn read_opened(file: std::fs::File) -> Result<Opened> {
         len,
         modified: meta.modified().unwrap_or(UNIX_EPOCH),
         whole,
+        stamp: Some(Stamp::of(&meta)),
     })
 }
 
@@ -279,14 +362,17 @@ const KEPT_BYTES: usize = 4 * 1024 * 1024;
 thread_local! {
     /// This worker's small stored files, by id.
     static KEPT: RefCell<Kept> = RefCell::new(Kept::default());
+    /// This worker's small media files, by path, each with the [`Stamp`] it had when read.
+    static KEPT_MEDIA: RefCell<Kept> = RefCell::new(Kept::default());
 }
 
-/// Small stored files ([`SMALL`] bytes at most) a worker has read, by file id, so that a file
-/// asked for again and again (a thumbnail, an avatar) is answered from memory: two system
-/// calls a request (read the request, write the answer) where reading it from disk takes six.
+/// Small files ([`SMALL`] bytes at most) a worker has read, so that a file asked for again and
+/// again (a thumbnail, an avatar) is answered from memory: two or three system calls a request
+/// (read the request, `lstat` a media file, write the answer) where reading it from disk takes
+/// six. Stored files are kept by id, media files by path.
 #[derive(Default)]
 struct Kept {
-    by_id: HashMap<String, KeptFile, foldhash::fast::RandomState>,
+    by_key: HashMap<String, KeptFile, foldhash::fast::RandomState>,
     bytes: usize,
 }
 
@@ -294,42 +380,42 @@ struct KeptFile {
     whole: bytes::Bytes,
     len: u64,
     modified: SystemTime,
+    /// A media file's stamp when read; `None` for a stored file (its id names its bytes).
+    stamp: Option<Stamp>,
     read_at: Instant,
 }
 
 impl Kept {
-    fn get(&self, id: &str, now: Instant) -> Option<Opened> {
-        let kept = self.by_id.get(id)?;
+    /// The file kept under `key`, unless it was read [`KEPT_FOR`] ago or more.
+    fn get(&self, key: &str, now: Instant) -> Option<Opened> {
+        let kept = self.by_key.get(key)?;
         (now.saturating_duration_since(kept.read_at) < KEPT_FOR).then(|| Opened {
             file: None,
             len: kept.len,
             modified: kept.modified,
             whole: Some(kept.whole.clone()),
+            stamp: kept.stamp,
         })
     }
 
-    fn keep(
-        &mut self,
-        id: &str,
-        whole: bytes::Bytes,
-        len: u64,
-        modified: SystemTime,
-        now: Instant,
-    ) {
-        if let Some(old) = self.by_id.remove(id) {
+    /// Keeps a small file just read (a larger one has no bytes in memory to keep).
+    fn keep(&mut self, key: &str, opened: &Opened, now: Instant) {
+        let Some(whole) = &opened.whole else { return };
+        if let Some(old) = self.by_key.remove(key) {
             self.bytes -= old.whole.len();
         }
         if self.bytes + whole.len() > KEPT_BYTES {
-            self.by_id.clear();
+            self.by_key.clear();
             self.bytes = 0;
         }
         self.bytes += whole.len();
-        self.by_id.insert(
-            id.to_owned(),
+        self.by_key.insert(
+            key.to_owned(),
             KeptFile {
-                whole,
-                len,
-                modified,
+                whole: whole.clone(),
+                len: opened.len,
+                modified: opened.modified,
+                stamp: opened.stamp,
                 read_at: now,
             },
         );
@@ -510,12 +596,21 @@ mod tests {
         assert_eq!(e.kind, Kind::MethodNotAllowed);
     }
 
+    fn small(bytes: &'static [u8]) -> Opened {
+        Opened {
+            file: None,
+            len: bytes.len() as u64,
+            modified: UNIX_EPOCH,
+            whole: Some(bytes::Bytes::from_static(bytes)),
+            stamp: None,
+        }
+    }
+
     #[test]
     fn kept_files_are_served_for_a_while_within_a_budget() {
         let mut kept = Kept::default();
         let t0 = Instant::now();
-        let small = bytes::Bytes::from_static(b"0123456789");
-        kept.keep("a", small.clone(), 10, UNIX_EPOCH, t0);
+        kept.keep("a", &small(b"0123456789"), t0);
         let got = kept.get("a", t0 + KEPT_FOR / 2).expect("kept");
         assert_eq!(got.whole.as_deref(), Some(&b"0123456789"[..]));
         assert!(got.file.is_none());
@@ -525,14 +620,85 @@ mod tests {
         );
         assert!(kept.get("b", t0).is_none());
         // Kept again: the byte count follows the replacement, not the sum.
-        kept.keep("a", small, 10, UNIX_EPOCH, t0);
+        kept.keep("a", &small(b"0123456789"), t0);
         assert_eq!(kept.bytes, 10);
         // A file past the budget empties it first.
-        let big = bytes::Bytes::from(vec![0u8; KEPT_BYTES - 5]);
-        kept.keep("big", big, (KEPT_BYTES - 5) as u64, UNIX_EPOCH, t0);
+        static BIG: [u8; KEPT_BYTES - 5] = [0; KEPT_BYTES - 5];
+        kept.keep("big", &small(&BIG), t0);
         assert!(kept.get("a", t0).is_none());
         assert!(kept.get("big", t0).is_some());
         assert_eq!(kept.bytes, KEPT_BYTES - 5);
+    }
+
+    /// Reads `path` through `serve_opened` as the media route does, keeping it if it may.
+    async fn media_get(path: &Path) -> (StatusCode, Vec<u8>) {
+        let file = Serve {
+            path,
+            content_type: "text/plain",
+            disposition: None,
+            etag_extra: "",
+        };
+        let none = HeaderMap::new();
+        let res = match kept_media(path) {
+            Some(kept) => serve_kept(&Method::GET, &none, kept, file).await,
+            None => {
+                let handle = std::fs::File::open(path).unwrap();
+                serve_opened(&Method::GET, &none, handle, file, true).await
+            }
+        }
+        .unwrap();
+        let status = res.status();
+        (
+            status,
+            res.into_body().collect().await.unwrap().to_bytes().to_vec(),
+        )
+    }
+
+    fn age(path: &Path, secs: u64) {
+        let then = SystemTime::now() - Duration::from_secs(secs);
+        let f = std::fs::File::options().write(true).open(path).unwrap();
+        f.set_modified(then).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_kept_media_file_is_checked_against_its_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.txt");
+        // Changed a moment ago: not kept (its ctime is new whatever its mtime says).
+        std::fs::write(&path, b"first").unwrap();
+        age(&path, 60);
+        assert_eq!(media_get(&path).await.1, b"first");
+        assert!(kept_media(&path).is_none(), "ctime too recent to keep");
+        // Settled: kept, and answered from memory while the path names it unchanged.
+        let settled = dir.path().join("b.txt");
+        std::fs::write(&settled, b"second").unwrap();
+        let stamp = Stamp::of_path(&settled).unwrap();
+        assert!(stamp.changed_lately(SystemTime::now()));
+        assert!(!stamp.changed_lately(SystemTime::now() + SETTLED));
+        KEPT_MEDIA.with_borrow_mut(|kept| {
+            let mut opened = small(b"second");
+            opened.stamp = Some(stamp);
+            kept.keep(settled.to_str().unwrap(), &opened, Instant::now());
+        });
+        assert_eq!(
+            kept_media(&settled).unwrap().whole.as_deref(),
+            Some(&b"second"[..])
+        );
+        // Rewritten in place with the same length and its mtime put back: ctime tells.
+        std::fs::write(&settled, b"SECOND").unwrap();
+        age(&settled, 0);
+        assert!(kept_media(&settled).is_none());
+        assert_eq!(
+            media_get(&settled).await,
+            (StatusCode::OK, b"SECOND".to_vec())
+        );
+        // Replaced by a symlink to the same bytes: never the kept answer.
+        std::fs::remove_file(&settled).unwrap();
+        std::os::unix::fs::symlink(&path, &settled).unwrap();
+        assert!(kept_media(&settled).is_none());
+        // Removed: not found, as before it was kept.
+        std::fs::remove_file(&settled).unwrap();
+        assert!(kept_media(&settled).is_none());
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use http::header::{self, HeaderMap};
 use http::{Method, Request, Response, StatusCode};
 
-use super::{Serve, paths, serve_opened, serve_stored};
+use super::{Serve, paths, serve_kept, serve_opened, serve_stored};
 use crate::body::Body;
 use crate::error::{Error, Kind, Result};
 use crate::gateway::Gateway;
@@ -54,21 +54,37 @@ pub async fn media_route(gw: &Gateway, req: &Request<Body>, rest: &str) -> Resul
         verify(gw, req)?;
     }
     let relative = relative?;
-    let media = open_media(media_root(gw)?, &relative)?;
+    let root = media_root(gw)?;
+    let content_type = media_type(&relative);
+    let serve = |path| Serve {
+        path,
+        content_type,
+        disposition: None,
+        etag_extra: "",
+    };
+    // A small file read before from a path free of symlinks, which still names it unchanged.
+    let direct = root.join(&relative);
+    if let Some(kept) = super::kept_media(&direct) {
+        return serve_kept(req.method(), req.headers(), kept, serve(&direct)).await;
+    }
+    let media = open_media(root, &relative)?;
     if public
         && let Some((root, real)) = &media.followed
         && !real.starts_with(root.join(prefix))
     {
         verify(gw, req)?;
     }
-    let content_type = media_type(&relative);
-    let file = Serve {
-        path: &media.path,
-        content_type,
-        disposition: None,
-        etag_extra: "",
-    };
-    serve_opened(req.method(), req.headers(), media.file, file).await
+    // Only a file opened as `root/relative` itself is kept under that path: one reached
+    // through a symlink is checked anew each time.
+    let keep = media.followed.is_none() && media.path == direct;
+    serve_opened(
+        req.method(),
+        req.headers(),
+        media.file,
+        serve(&media.path),
+        keep,
+    )
+    .await
 }
 
 /// Serves the file an upstream response named (`X-Accel-Redirect`, `X-Sendfile`) in place
@@ -147,7 +163,7 @@ async fn accel_media(
         disposition: None,
         etag_extra: "",
     };
-    serve_opened(method, conditional, media.file, file).await
+    serve_opened(method, conditional, media.file, file, false).await
 }
 
 /// The upstream's status (when it was not 200), disposition and caching headers on a file answer.
