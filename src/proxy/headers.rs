@@ -6,17 +6,20 @@ use http::header::{CONNECTION, HOST, UPGRADE};
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 /// Hop-by-hop fields a proxy never forwards (RFC 9110 §7.6.1, plus the obsolete ones still seen in the wild).
-const HOP_BY_HOP: [HeaderName; 9] = [
-    CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    http::header::PROXY_AUTHENTICATE,
-    http::header::PROXY_AUTHORIZATION,
-    http::header::TE,
-    http::header::TRAILER,
-    http::header::TRANSFER_ENCODING,
-    UPGRADE,
-];
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+    )
+}
 
 pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -29,23 +32,25 @@ pub const X_UPLOAD_SESSION: HeaderName = HeaderName::from_static("x-upload-sessi
 
 /// Removes hop-by-hop fields, including every field the `Connection` header names (RFC 9110 §7.6.1).
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    // Most messages carry none: one pass over the names costs less than a lookup per field.
-    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
+    // Most requests carry none, and most responses only `Connection`: one pass over the names
+    // finds them, and only the fields present are removed (a removal is a hashed lookup).
+    if !headers.keys().any(is_hop_by_hop) {
         return;
     }
-    if headers.contains_key(CONNECTION) {
-        let named: Vec<HeaderName> = headers
-            .get_all(CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-            .collect();
-        for name in named {
-            headers.remove(name);
-        }
-    }
-    for name in &HOP_BY_HOP {
+    let mut doomed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| is_hop_by_hop(n))
+        .cloned()
+        .collect();
+    let named = headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .filter(|n| !is_hop_by_hop(n) && headers.contains_key(n));
+    doomed.extend(named);
+    for name in doomed {
         headers.remove(name);
     }
 }
@@ -128,12 +133,9 @@ pub fn set_forwarded(headers: &mut HeaderMap, origin: Origin<'_>) {
     } else {
         Vec::new()
     };
-    let chain = if prior.is_empty() {
-        origin.peer.to_string()
-    } else {
-        format!("{}, {}", prior.join(", "), origin.peer)
-    };
-    if let Ok(v) = HeaderValue::from_str(&chain) {
+    if prior.is_empty() {
+        headers.insert(X_FORWARDED_FOR, peer_value(origin.peer));
+    } else if let Ok(v) = HeaderValue::from_str(&format!("{}, {}", prior.join(", "), origin.peer)) {
         headers.insert(X_FORWARDED_FOR, v);
     }
     if !(origin.trusted_peer && headers.contains_key(&X_FORWARDED_PROTO)) {
@@ -145,6 +147,25 @@ pub fn set_forwarded(headers: &mut HeaderMap, origin: Origin<'_>) {
     {
         headers.insert(X_FORWARDED_HOST, v);
     }
+}
+
+/// A peer's address as a field value. The last one made on this thread is kept: a client
+/// sends its requests one after another on the same connection, and formatting an address
+/// costs more than comparing one.
+fn peer_value(peer: IpAddr) -> HeaderValue {
+    thread_local! {
+        static LAST: std::cell::RefCell<Option<(IpAddr, HeaderValue)>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    LAST.with_borrow_mut(|last| match last {
+        Some((ip, value)) if *ip == peer => value.clone(),
+        _ => {
+            let value = HeaderValue::from_maybe_shared(bytes::Bytes::from(peer.to_string()))
+                .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+            *last = Some((peer, value.clone()));
+            value
+        }
+    })
 }
 
 /// The host the client asked for: `Host`, else the request target's authority (HTTP/2).

@@ -443,6 +443,8 @@ pub fn prepare_headers(
 ) {
     let host = headers::request_host(&req.headers, &req.uri).map(str::to_string);
     let h = &mut req.headers;
+    // Room for the fields set below at once, rather than growing the map one field at a time.
+    h.reserve(8);
     headers::remove_hop_by_hop(h);
     headers::strip_reserved(h, ctx.trusted_peer);
     headers::set_forwarded(
