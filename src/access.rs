@@ -9,7 +9,6 @@
 //! once every worker has written what it kept.
 
 use std::cell::RefCell;
-use std::fmt::Write as _;
 use std::io::Write as _;
 use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -220,18 +219,23 @@ impl Exchange {
             let seconds = humantime::format_rfc3339_seconds(UNIX_EPOCH + now).to_string();
             stamp.push_str(seconds.trim_end_matches('Z'));
         }
-        // Writing into a String cannot fail.
-        let _ = write!(
-            out,
-            "{stamp}.{:06}Z  INFO upgate::access: id={} method={} path={} status={status} \
-             bytes_in={} bytes_out={} total_ms=",
-            now.subsec_micros(),
-            self.id,
-            self.method,
-            self.path,
-            self.bytes_in.load(Ordering::Relaxed),
-            self.bytes_out.load(Ordering::Relaxed),
-        );
+        // By hand: `write!` with its arguments costs several times as much per line.
+        out.push_str(stamp);
+        out.push('.');
+        digits(out, u64::from(now.subsec_micros()), 6);
+        out.push_str("Z  INFO upgate::access: id=");
+        out.push_str(&self.id);
+        out.push_str(" method=");
+        out.push_str(self.method.as_str());
+        out.push_str(" path=");
+        out.push_str(&self.path);
+        out.push_str(" status=");
+        digits(out, u64::from(status), 1);
+        out.push_str(" bytes_in=");
+        digits(out, self.bytes_in.load(Ordering::Relaxed), 1);
+        out.push_str(" bytes_out=");
+        digits(out, self.bytes_out.load(Ordering::Relaxed), 1);
+        out.push_str(" total_ms=");
         millis(out, u64::try_from(total.as_micros()).unwrap_or(u64::MAX));
         out.push_str(" upstream_ms=");
         if upstream == u64::MAX {
@@ -246,7 +250,26 @@ impl Exchange {
 /// Microseconds as milliseconds with two decimals (`1234` → `1.23`).
 fn millis(out: &mut String, micros: u64) {
     let hundredths = micros / 10;
-    let _ = write!(out, "{}.{:02}", hundredths / 100, hundredths % 100);
+    digits(out, hundredths / 100, 1);
+    out.push('.');
+    digits(out, hundredths % 100, 2);
+}
+
+/// `n` in decimal, with leading zeros up to `width` digits.
+fn digits(out: &mut String, mut n: u64, width: usize) {
+    let mut buf = [b'0'; 20];
+    let mut start = buf.len();
+    loop {
+        start -= 1;
+        // A digit: `n % 10` < 10.
+        buf[start] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    let start = start.min(buf.len().saturating_sub(width));
+    out.extend(buf[start..].iter().map(|&b| char::from(b)));
 }
 
 impl Drop for Exchange {
@@ -308,6 +331,15 @@ mod tests {
         ] {
             let mut s = String::new();
             millis(&mut s, micros);
+            assert_eq!(s, shown);
+        }
+        for (n, width, shown) in [
+            (7, 6, "000007"),
+            (0, 1, "0"),
+            (u64::MAX, 1, "18446744073709551615"),
+        ] {
+            let mut s = String::new();
+            digits(&mut s, n, width);
             assert_eq!(s, shown);
         }
     }
