@@ -59,8 +59,8 @@ thread_local! {
     };
 }
 
-/// Makes this thread keep its access lines until [`flush`] (a public worker, which runs a flush
-/// tick every [`FLUSH_EVERY`] and flushes when it stops).
+/// Makes this thread keep its access lines until [`flush`] (a public worker, which runs
+/// [`flush_ticks`] and flushes when it stops).
 pub fn buffer_on_this_thread() {
     LINES.with(|l| l.borrow_mut().buffered = true);
 }
@@ -82,12 +82,18 @@ pub fn flush() {
     });
 }
 
-/// Flushes this thread's lines every [`FLUSH_EVERY`], forever (spawned on each worker's runtime).
+thread_local! {
+    /// Told when this thread starts keeping lines again, so [`flush_ticks`] sleeps while idle.
+    static KEEPING: Arc<tokio::sync::Notify> = Arc::new(tokio::sync::Notify::new());
+}
+
+/// Writes this thread's lines [`FLUSH_EVERY`] after the first of them was kept, forever
+/// (spawned on each worker's runtime). An idle worker is not woken at all.
 pub async fn flush_ticks() {
-    let mut tick = tokio::time::interval(FLUSH_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let keeping = KEEPING.with(Arc::clone);
     loop {
-        tick.tick().await;
+        keeping.notified().await;
+        tokio::time::sleep(FLUSH_EVERY).await;
         flush();
     }
 }
@@ -297,9 +303,12 @@ impl Drop for Exchange {
                 stamp,
                 stamp_secs,
             } = &mut *lines;
+            let first = buf.is_empty();
             self.line(buf, stamp, stamp_secs);
             if !*buffered || buf.len() >= FLUSH_BYTES {
                 write_out(buf);
+            } else if first {
+                KEEPING.with(|keeping| keeping.notify_one());
             }
         });
     }

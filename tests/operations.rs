@@ -411,6 +411,30 @@ async fn sigterm_during_uploads_lets_them_finish_and_lists_only_whole_files() {
 }
 
 #[tokio::test]
+async fn kept_access_lines_are_written_while_the_server_runs() {
+    let up = TestUpstream::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_secret(dir.path());
+    let path = write_config(dir.path(), &config_text(dir.path(), &up.url(), ""));
+    let gw = Spawned::start(&path);
+    // An idle worker sleeps until it keeps a line; the first line wakes it to write them out.
+    for round in 0..2 {
+        let (res, _) = get_on(&client(), &format!("http://{}/kept/{round}", gw.addr)).await;
+        assert_eq!(res.status, StatusCode::OK);
+        let log = gw.log.clone();
+        poll(10, || {
+            let log = log.clone();
+            async move {
+                log.lock()
+                    .expect("log")
+                    .contains(&format!(" path=/kept/{round} "))
+            }
+        })
+        .await;
+    }
+}
+
+#[tokio::test]
 async fn every_access_line_is_written_by_the_time_a_drained_server_exits() {
     let up = TestUpstream::start().await;
     let dir = tempfile::tempdir().expect("tempdir");
