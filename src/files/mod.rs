@@ -68,9 +68,9 @@ pub async fn serve(
     respond(method, headers, opened, &file).await
 }
 
-/// [`serve`] for a stored file, whose bytes never change under its id (a replaced file gets a
-/// new id, a removed one loses its record first): a small one is kept in memory once read,
-/// so asking for it again costs no open, stat, read or close (see [`Kept`]).
+/// [`serve`] for a stored file: a small one is kept in memory once read (see [`Kept`]), and
+/// answers from there while an `lstat` of its blob finds it unchanged. The blob's path is
+/// upgate's own (made from the record's id, under the storage root).
 ///
 /// # Errors
 ///
@@ -79,67 +79,46 @@ pub async fn serve_stored(
     method: &Method,
     headers: &HeaderMap,
     file: Serve<'_>,
-    id: &str,
 ) -> Result<Response<Body>> {
     check_method(method)?;
-    let now = Instant::now();
-    let opened = match KEPT.with_borrow(|kept| kept.get(id, now)) {
+    let opened = match kept(file.path, Check::Lstat) {
         Some(opened) => opened,
         None => {
             let opened = open(file.path).await?;
-            // Its id names its bytes: no stamp to check.
-            let opened = Opened {
-                stamp: None,
-                ..opened
-            };
-            KEPT.with_borrow_mut(|kept| kept.keep(id, &opened, now));
+            keep(file.path, &opened, SystemTime::now());
             opened
         }
     };
     respond(method, headers, opened, &file).await
 }
 
-/// A media file [`serve_opened`] kept, if `path` still names it unchanged: one `lstat` in
-/// place of the open, stat, read and close. `None` sends the caller to open it.
-pub(crate) fn kept_media(path: &Path) -> Option<Opened> {
-    let key = path.to_str()?;
-    let now = Instant::now();
-    KEPT_MEDIA.with_borrow(|kept| {
-        let opened = kept.get(key, now)?;
-        let on_disk = Stamp::of_path(path).ok()?;
-        (opened.stamp == Some(on_disk)).then_some(opened)
-    })
-}
-
 /// [`serve`] with the file already opened by the caller, who has checked where it leads;
-/// `file.path` is not opened again.
+/// `file.path` is not opened again. With `keep`, a small file is kept in memory for
+/// [`kept`] to find (`file.path` must then be the path it was opened by, free of symlinks).
 ///
 /// # Errors
 ///
 /// As [`serve`].
-/// With `keep`, a small media file opened from a path free of symlinks (`file.path`) is kept
-/// in memory for [`kept_media`] to find, unless it changed too recently to tell.
 pub(crate) async fn serve_opened(
     method: &Method,
     headers: &HeaderMap,
     handle: std::fs::File,
     file: Serve<'_>,
-    keep: bool,
+    keep_it: bool,
 ) -> Result<Response<Body>> {
     check_method(method)?;
     let opened = read_opened(handle)?;
-    if keep
-        && let Some(key) = file.path.to_str()
-        && opened
-            .stamp
-            .is_some_and(|stamp| !stamp.changed_lately(SystemTime::now()))
-    {
-        KEPT_MEDIA.with_borrow_mut(|kept| kept.keep(key, &opened, Instant::now()));
+    if keep_it {
+        keep(file.path, &opened, SystemTime::now());
     }
     respond(method, headers, opened, &file).await
 }
 
-/// A kept media file answers only while its path names it unchanged.
+/// [`serve`] with a file [`kept`] returned.
+///
+/// # Errors
+///
+/// As [`serve`].
 pub(crate) async fn serve_kept(
     method: &Method,
     headers: &HeaderMap,
@@ -251,7 +230,7 @@ pub(crate) struct Opened {
     len: u64,
     modified: SystemTime,
     whole: Option<bytes::Bytes>,
-    /// As read from disk; a stored file kept in memory has none.
+    /// As read from disk (`None` only in tests).
     stamp: Option<Stamp>,
 }
 
@@ -284,9 +263,24 @@ impl Stamp {
         }
     }
 
-    /// The stamp of what `path` names itself (a symlink is not followed: it never matches).
-    fn of_path(path: &Path) -> io::Result<Self> {
-        std::fs::symlink_metadata(path).map(|meta| Self::of(&meta))
+    /// The stamp of the file `path` names, found as `check` says.
+    fn of_path(path: &Path, check: Check) -> io::Result<Self> {
+        use rustix::fs::{Mode, OFlags, ResolveFlags};
+        match check {
+            Check::Lstat => std::fs::symlink_metadata(path).map(|meta| Self::of(&meta)),
+            Check::NoSymlinks => {
+                let fd = rustix::fs::openat2(
+                    rustix::fs::CWD,
+                    path,
+                    OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    Mode::empty(),
+                    ResolveFlags::NO_SYMLINKS,
+                )?;
+                std::fs::File::from(fd)
+                    .metadata()
+                    .map(|meta| Self::of(&meta))
+            }
+        }
     }
 
     /// Whether the file changed less than [`SETTLED`] before `now` (or seems to from the future).
@@ -350,45 +344,86 @@ fn range_of(start: u64, count: u64) -> std::ops::Range<usize> {
     start..start.saturating_add(usize::try_from(count).unwrap_or(usize::MAX))
 }
 
-/// How long a kept file is served from memory before it is read again: a stored file changes
-/// only when someone edits the storage by hand, and then it shows within this time (nginx's
-/// `open_file_cache_valid` is 60 s too).
+/// How long a kept file may answer from memory before it is read again, however unchanged
+/// its stamp (nginx's `open_file_cache_valid` is 60 s too).
 const KEPT_FOR: Duration = Duration::from_secs(60);
 
-/// At most this many bytes of small stored files are kept per worker; a file that does not
-/// fit any more makes the worker drop all it kept and start again.
+/// At most this much memory per worker goes to kept files, counted as their bytes, their
+/// paths and [`ENTRY_COST`] each. A file that does not fit makes the worker drop the files
+/// kept too long, then, if that is not enough, all it keeps.
 const KEPT_BYTES: usize = 4 * 1024 * 1024;
 
-thread_local! {
-    /// This worker's small stored files, by id.
-    static KEPT: RefCell<Kept> = RefCell::new(Kept::default());
-    /// This worker's small media files, by path, each with the [`Stamp`] it had when read.
-    static KEPT_MEDIA: RefCell<Kept> = RefCell::new(Kept::default());
+/// What an entry costs beyond its bytes and its path: the map's slot, the entry, the allocations.
+const ENTRY_COST: usize = 256;
+
+/// How a kept file's path is checked before its kept bytes answer.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Check {
+    /// `lstat`: for a stored blob, whose path upgate makes from the record's id.
+    Lstat,
+    /// Opened `O_PATH` with no symlink anywhere on the way (`openat2` with
+    /// `RESOLVE_NO_SYMLINKS`) and `fstat`ed: for a media file, so that a folder on its path
+    /// swapped for a symlink out of the media root is never passed, as [`serve_opened`]'s
+    /// callers open it.
+    NoSymlinks,
 }
 
-/// Small files ([`SMALL`] bytes at most) a worker has read, so that a file asked for again and
-/// again (a thumbnail, an avatar) is answered from memory: two or three system calls a request
-/// (read the request, `lstat` a media file, write the answer) where reading it from disk takes
-/// six. Stored files are kept by id, media files by path.
+thread_local! {
+    /// This worker's small files, by path.
+    static KEPT: RefCell<Kept> = RefCell::new(Kept::default());
+}
+
+/// The small file this worker keeps for `path`, if `path` still names it unchanged (the same
+/// device, inode, length, mtime and ctime). `None` sends the caller to open it.
+pub(crate) fn kept(path: &Path, check: Check) -> Option<Opened> {
+    let key = path.to_str()?;
+    KEPT.with_borrow(|kept| {
+        let opened = kept.get(key, Instant::now())?;
+        let on_disk = Stamp::of_path(path, check).ok()?;
+        (opened.stamp == Some(on_disk)).then_some(opened)
+    })
+}
+
+/// Keeps a file just read from `path`, if it is small and settled: one changed less than
+/// [`SETTLED`] before `wall_now` could change again with no change to its stamp.
+fn keep(path: &Path, opened: &Opened, wall_now: SystemTime) {
+    if let Some(key) = path.to_str()
+        && opened.whole.is_some()
+        && opened
+            .stamp
+            .is_some_and(|stamp| !stamp.changed_lately(wall_now))
+    {
+        KEPT.with_borrow_mut(|kept| kept.keep(key, opened, Instant::now()));
+    }
+}
+
+/// Small files ([`SMALL`] bytes at most) a worker has read, by path, so that a file asked for
+/// again and again (a thumbnail, an avatar) is answered from memory: three system calls a
+/// request (read the request, check the path, write the answer) where reading it from disk
+/// takes five or six.
 #[derive(Default)]
 struct Kept {
-    by_key: HashMap<String, KeptFile, foldhash::fast::RandomState>,
-    bytes: usize,
+    by_path: HashMap<String, KeptFile, foldhash::fast::RandomState>,
+    /// What the entries cost, as [`KEPT_BYTES`] counts.
+    cost: usize,
 }
 
 struct KeptFile {
     whole: bytes::Bytes,
     len: u64,
     modified: SystemTime,
-    /// A media file's stamp when read; `None` for a stored file (its id names its bytes).
     stamp: Option<Stamp>,
     read_at: Instant,
 }
 
+fn cost(path: &str, whole: &bytes::Bytes) -> usize {
+    whole.len() + path.len() + ENTRY_COST
+}
+
 impl Kept {
-    /// The file kept under `key`, unless it was read [`KEPT_FOR`] ago or more.
-    fn get(&self, key: &str, now: Instant) -> Option<Opened> {
-        let kept = self.by_key.get(key)?;
+    /// The file kept under `path`, unless it was read [`KEPT_FOR`] ago or more.
+    fn get(&self, path: &str, now: Instant) -> Option<Opened> {
+        let kept = self.by_path.get(path)?;
         (now.saturating_duration_since(kept.read_at) < KEPT_FOR).then(|| Opened {
             file: None,
             len: kept.len,
@@ -399,18 +434,28 @@ impl Kept {
     }
 
     /// Keeps a small file just read (a larger one has no bytes in memory to keep).
-    fn keep(&mut self, key: &str, opened: &Opened, now: Instant) {
+    fn keep(&mut self, path: &str, opened: &Opened, now: Instant) {
         let Some(whole) = &opened.whole else { return };
-        if let Some(old) = self.by_key.remove(key) {
-            self.bytes -= old.whole.len();
+        if let Some(old) = self.by_path.remove(path) {
+            self.cost -= cost(path, &old.whole);
         }
-        if self.bytes + whole.len() > KEPT_BYTES {
-            self.by_key.clear();
-            self.bytes = 0;
+        let needed = cost(path, whole);
+        if self.cost + needed > KEPT_BYTES {
+            self.by_path.retain(|path, kept| {
+                let fresh = now.saturating_duration_since(kept.read_at) < KEPT_FOR;
+                if !fresh {
+                    self.cost -= cost(path, &kept.whole);
+                }
+                fresh
+            });
         }
-        self.bytes += whole.len();
-        self.by_key.insert(
-            key.to_owned(),
+        if self.cost + needed > KEPT_BYTES {
+            self.by_path.clear();
+            self.cost = 0;
+        }
+        self.cost += needed;
+        self.by_path.insert(
+            path.to_owned(),
             KeptFile {
                 whole: whole.clone(),
                 len: opened.len,
@@ -619,19 +664,34 @@ mod tests {
             "read again after KEPT_FOR"
         );
         assert!(kept.get("b", t0).is_none());
-        // Kept again: the byte count follows the replacement, not the sum.
+        // Kept again: the cost follows the replacement, not the sum.
         kept.keep("a", &small(b"0123456789"), t0);
-        assert_eq!(kept.bytes, 10);
-        // A file past the budget empties it first.
-        static BIG: [u8; KEPT_BYTES - 5] = [0; KEPT_BYTES - 5];
-        kept.keep("big", &small(&BIG), t0);
-        assert!(kept.get("a", t0).is_none());
-        assert!(kept.get("big", t0).is_some());
-        assert_eq!(kept.bytes, KEPT_BYTES - 5);
+        assert_eq!(kept.cost, 10 + 1 + ENTRY_COST);
+        // Empty files cost their entry: the budget bounds their number too.
+        for i in 0..KEPT_BYTES / ENTRY_COST {
+            kept.keep(&format!("e{i}"), &small(b""), t0 + KEPT_FOR / 2);
+            assert!(kept.cost <= KEPT_BYTES);
+        }
+        assert!(kept.by_path.len() < KEPT_BYTES / ENTRY_COST);
+        // A file past the budget drops those kept too long first, then all.
+        let mut kept = Kept::default();
+        kept.keep("old", &small(b"x"), t0);
+        kept.keep("new", &small(b"y"), t0 + KEPT_FOR);
+        static HALF: [u8; KEPT_BYTES / 2] = [0; KEPT_BYTES / 2];
+        kept.keep("big", &small(&HALF), t0 + KEPT_FOR);
+        kept.keep("big2", &small(&HALF[ENTRY_COST * 4..]), t0 + KEPT_FOR);
+        assert!(kept.get("old", t0).is_none());
+        assert!(
+            kept.get("new", t0 + KEPT_FOR).is_some(),
+            "fresh entries stay"
+        );
+        kept.keep("big3", &small(&HALF), t0 + KEPT_FOR);
+        assert_eq!(kept.by_path.len(), 1, "then all go");
+        assert_eq!(kept.cost, cost("big3", &bytes::Bytes::from_static(&HALF)));
     }
 
-    /// Reads `path` through `serve_opened` as the media route does, keeping it if it may.
-    async fn media_get(path: &Path) -> (StatusCode, Vec<u8>) {
+    /// Reads `path` as the media route does: the kept answer if any, else opened and kept.
+    async fn media_get(path: &Path, wall_now: SystemTime) -> (StatusCode, Vec<u8>) {
         let file = Serve {
             path,
             content_type: "text/plain",
@@ -639,11 +699,12 @@ mod tests {
             etag_extra: "",
         };
         let none = HeaderMap::new();
-        let res = match kept_media(path) {
+        let res = match kept(path, Check::NoSymlinks) {
             Some(kept) => serve_kept(&Method::GET, &none, kept, file).await,
             None => {
-                let handle = std::fs::File::open(path).unwrap();
-                serve_opened(&Method::GET, &none, handle, file, true).await
+                let opened = read_opened(std::fs::File::open(path).unwrap()).unwrap();
+                keep(path, &opened, wall_now);
+                respond(&Method::GET, &none, opened, &file).await
             }
         }
         .unwrap();
@@ -654,51 +715,56 @@ mod tests {
         )
     }
 
-    fn age(path: &Path, secs: u64) {
-        let then = SystemTime::now() - Duration::from_secs(secs);
-        let f = std::fs::File::options().write(true).open(path).unwrap();
-        f.set_modified(then).unwrap();
-    }
-
     #[tokio::test]
-    async fn a_kept_media_file_is_checked_against_its_path() {
+    async fn a_kept_file_answers_only_while_its_path_names_it_unchanged() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("a.txt");
-        // Changed a moment ago: not kept (its ctime is new whatever its mtime says).
+        let root = dir.path().join("root");
+        std::fs::create_dir_all(root.join("pub")).unwrap();
+        let path = root.join("pub/a.txt");
         std::fs::write(&path, b"first").unwrap();
-        age(&path, 60);
-        assert_eq!(media_get(&path).await.1, b"first");
-        assert!(kept_media(&path).is_none(), "ctime too recent to keep");
-        // Settled: kept, and answered from memory while the path names it unchanged.
-        let settled = dir.path().join("b.txt");
-        std::fs::write(&settled, b"second").unwrap();
-        let stamp = Stamp::of_path(&settled).unwrap();
-        assert!(stamp.changed_lately(SystemTime::now()));
-        assert!(!stamp.changed_lately(SystemTime::now() + SETTLED));
-        KEPT_MEDIA.with_borrow_mut(|kept| {
-            let mut opened = small(b"second");
-            opened.stamp = Some(stamp);
-            kept.keep(settled.to_str().unwrap(), &opened, Instant::now());
-        });
+        let (now, later) = (SystemTime::now(), SystemTime::now() + SETTLED * 2);
+        // Just written: not kept, its stamp could still change within one clock tick.
+        assert_eq!(media_get(&path, now).await.1, b"first");
+        assert!(kept(&path, Check::NoSymlinks).is_none());
+        // Settled: kept.
+        assert_eq!(media_get(&path, later).await.1, b"first");
         assert_eq!(
-            kept_media(&settled).unwrap().whole.as_deref(),
-            Some(&b"second"[..])
+            kept(&path, Check::NoSymlinks).unwrap().whole.as_deref(),
+            Some(&b"first"[..])
         );
-        // Rewritten in place with the same length and its mtime put back: ctime tells.
-        std::fs::write(&settled, b"SECOND").unwrap();
-        age(&settled, 0);
-        assert!(kept_media(&settled).is_none());
-        assert_eq!(
-            media_get(&settled).await,
-            (StatusCode::OK, b"SECOND".to_vec())
+        // Rewritten in place, same length, its mtime put back: the ctime tells.
+        let mtime = std::fs::metadata(&path).unwrap().modified().unwrap();
+        std::fs::write(&path, b"FIRST").unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(mtime)
+            .unwrap();
+        assert!(kept(&path, Check::NoSymlinks).is_none());
+        assert_eq!(media_get(&path, later).await.1, b"FIRST");
+        assert!(kept(&path, Check::NoSymlinks).is_some());
+        // Its folder moved out of the root and a symlink put in its place: the very same file
+        // (device, inode, times) at the same path, and an lstat passes, but it is outside now.
+        let outside = dir.path().join("outside");
+        std::fs::rename(root.join("pub"), &outside).unwrap();
+        std::os::unix::fs::symlink(&outside, root.join("pub")).unwrap();
+        assert!(kept(&path, Check::Lstat).is_some(), "the case Lstat misses");
+        assert!(kept(&path, Check::NoSymlinks).is_none());
+        // The file itself swapped for a symlink to the same bytes, or removed: never kept.
+        std::fs::remove_file(root.join("pub")).unwrap();
+        std::fs::rename(&outside, root.join("pub")).unwrap();
+        assert!(
+            kept(&path, Check::NoSymlinks).is_some(),
+            "back in place, unchanged"
         );
-        // Replaced by a symlink to the same bytes: never the kept answer.
-        std::fs::remove_file(&settled).unwrap();
-        std::os::unix::fs::symlink(&path, &settled).unwrap();
-        assert!(kept_media(&settled).is_none());
-        // Removed: not found, as before it was kept.
-        std::fs::remove_file(&settled).unwrap();
-        assert!(kept_media(&settled).is_none());
+        let elsewhere = dir.path().join("elsewhere.txt");
+        std::fs::rename(&path, &elsewhere).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, &path).unwrap();
+        assert!(kept(&path, Check::NoSymlinks).is_none());
+        assert!(kept(&path, Check::Lstat).is_none());
+        std::fs::remove_file(&path).unwrap();
+        assert!(kept(&path, Check::Lstat).is_none());
     }
 
     #[test]

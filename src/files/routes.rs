@@ -64,7 +64,7 @@ pub async fn media_route(gw: &Gateway, req: &Request<Body>, rest: &str) -> Resul
     };
     // A small file read before from a path free of symlinks, which still names it unchanged.
     let direct = root.join(&relative);
-    if let Some(kept) = super::kept_media(&direct) {
+    if let Some(kept) = super::kept(&direct, super::Check::NoSymlinks) {
         return serve_kept(req.method(), req.headers(), kept, serve(&direct)).await;
     }
     let media = open_media(root, &relative)?;
@@ -207,7 +207,7 @@ async fn stored(
         disposition: Some((STORED_DISPOSITION, &record.name)),
         etag_extra: &record.id,
     };
-    serve_stored(method, headers, file, &record.id).await
+    serve_stored(method, headers, file).await
 }
 
 /// SPEC §7 on the request as it came: its method, raw path and raw query.
