@@ -265,21 +265,14 @@ impl Stamp {
 
     /// The stamp of the file `path` names, found as `check` says.
     fn of_path(path: &Path, check: Check) -> io::Result<Self> {
-        use rustix::fs::{Mode, OFlags, ResolveFlags};
         match check {
             Check::Lstat => std::fs::symlink_metadata(path).map(|meta| Self::of(&meta)),
-            Check::NoSymlinks => {
-                let fd = rustix::fs::openat2(
-                    rustix::fs::CWD,
-                    path,
-                    OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                    Mode::empty(),
-                    ResolveFlags::NO_SYMLINKS,
-                )?;
-                std::fs::File::from(fd)
-                    .metadata()
-                    .map(|meta| Self::of(&meta))
-            }
+            Check::NoSymlinks => open_without_symlinks(
+                path,
+                rustix::fs::OFlags::PATH | rustix::fs::OFlags::NOFOLLOW,
+            )?
+            .metadata()
+            .map(|meta| Self::of(&meta)),
         }
     }
 
@@ -465,6 +458,23 @@ impl Kept {
             },
         );
     }
+}
+
+/// Opens `path` with `flags` (and `O_CLOEXEC`) unless a symlink is anywhere on it (then
+/// `ELOOP`): `openat2` with `RESOLVE_NO_SYMLINKS`.
+pub(crate) fn open_without_symlinks(
+    path: &Path,
+    flags: rustix::fs::OFlags,
+) -> io::Result<std::fs::File> {
+    use rustix::fs::{Mode, OFlags, ResolveFlags};
+    let fd = rustix::fs::openat2(
+        rustix::fs::CWD,
+        path,
+        flags | OFlags::CLOEXEC,
+        Mode::empty(),
+        ResolveFlags::NO_SYMLINKS,
+    )?;
+    Ok(std::fs::File::from(fd))
 }
 
 /// How a failed open or lookup answers, as nginx maps errno: absent 404, not readable 403.

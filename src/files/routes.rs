@@ -306,15 +306,8 @@ fn open_media(root: &Path, relative: &str) -> Result<Media> {
 /// Opens `path` for reading unless a symlink is on its way (then `ELOOP`). Non-blocking, so a
 /// FIFO put in the media folder cannot hold the worker in `open` (only regular files are served).
 fn open_no_symlinks(path: &Path) -> std::io::Result<std::fs::File> {
-    use rustix::fs::{Mode, OFlags, ResolveFlags};
-    let fd = rustix::fs::openat2(
-        rustix::fs::CWD,
-        path,
-        OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NONBLOCK,
-        Mode::empty(),
-        ResolveFlags::NO_SYMLINKS,
-    )?;
-    Ok(std::fs::File::from(fd))
+    use rustix::fs::OFlags;
+    super::open_without_symlinks(path, OFlags::RDONLY | OFlags::NONBLOCK)
 }
 
 /// Content-Type by extension, from `mime_guess`'s table (the one nginx's `mime.types` is close to).
