@@ -93,7 +93,7 @@ pub async fn serve_stored(
 }
 
 /// [`serve`] with the file already opened by the caller, who has checked where it leads;
-/// `file.path` is not opened again. With `keep`, a small file is kept in memory for
+/// `file.path` is not opened again. With `keep_it`, a small file is kept in memory for
 /// [`kept`] to find (`file.path` must then be the path it was opened by, free of symlinks).
 ///
 /// # Errors
