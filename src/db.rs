@@ -20,6 +20,8 @@ const FILES: TableDefinition<&str, &[u8]> = TableDefinition::new("files");
 const SESSION_FILES: TableDefinition<(&str, &str), &str> = TableDefinition::new("session_files");
 /// slot signature -> its expiry (unix seconds): slots already used.
 const USED_SLOTS: TableDefinition<&str, u64> = TableDefinition::new("used_slots");
+/// name -> bytes: the gateway's own keys (the handle registry's slot mask).
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 
 #[derive(Debug, thiserror::Error)]
 #[error("state database: {0}")]
@@ -195,12 +197,37 @@ impl Db {
             tx.open_table(FILES).map_err(db_err)?;
             tx.open_table(SESSION_FILES).map_err(db_err)?;
             tx.open_table(USED_SLOTS).map_err(db_err)?;
+            tx.open_table(META).map_err(db_err)?;
         }
         tx.commit().map_err(db_err)?;
         Ok(Db {
             db,
             records: RecordCache::default(),
         })
+    }
+
+    /// The handle registry's mask key: the one stored, or `make`'s, stored first. Handles name
+    /// their slots under it, so it must outlive them.
+    pub fn registry_key(&self, make: impl FnOnce() -> Result<[u8; 16]>) -> Result<[u8; 16]> {
+        const NAME: &str = "registry_mask_key";
+        let tx = self.db.begin_write().map_err(db_err)?;
+        let key = {
+            let mut table = tx.open_table(META).map_err(db_err)?;
+            let stored = table
+                .get(NAME)
+                .map_err(db_err)?
+                .and_then(|v| <[u8; 16]>::try_from(v.value()).ok());
+            match stored {
+                Some(key) => key,
+                None => {
+                    let key = make()?;
+                    table.insert(NAME, key.as_slice()).map_err(db_err)?;
+                    key
+                }
+            }
+        };
+        tx.commit().map_err(db_err)?;
+        Ok(key)
     }
 
     /// Every handle record, for loading the registry at start.

@@ -15,7 +15,7 @@ use crate::cors;
 use crate::db::off_thread;
 use crate::error::{Error, Fault, Kind, Result};
 use crate::files::{self, paths};
-use crate::handles::Registry;
+use crate::handles::{Registry, Token};
 use crate::identity;
 use crate::intercept;
 use crate::metrics::{Metrics, ReasonLabel, ResultLabel};
@@ -196,7 +196,7 @@ impl Gateway {
             &self.secret,
             req,
             ctx,
-            session.as_deref(),
+            session.as_ref().map(Token::as_str),
             extra,
         )
         .await?;
@@ -211,13 +211,11 @@ impl Gateway {
     }
 
     /// The upstream session token of a valid `X-Upload-Handle` of this client.
-    fn resolve_handle(&self, headers: &http::HeaderMap, ctx: &Ctx) -> Option<String> {
+    fn resolve_handle(&self, headers: &http::HeaderMap, ctx: &Ctx) -> Option<Token> {
         let handle = headers.get(headers::X_UPLOAD_HANDLE)?.to_str().ok()?;
         let client = ctx.client.as_deref()?;
-        let session = self
-            .registry
-            .resolve(handle.trim(), client, proxy::unix_now())?;
-        Some(session.token.to_string())
+        self.registry
+            .resolve_token(handle.trim(), client, proxy::unix_now())
     }
 
     /// Consumes `X-Upgate-Revoke` and `X-Upgate-Register` (SPEC §3); a malformed one fails the request.

@@ -1,28 +1,35 @@
 //! The handle registry (SPEC §4): opaque handles bound to one client and one upstream session,
 //! sliding expiry, kept in memory for the request path and in the state database for restarts.
 //!
-//! The request path only resolves, so the table is laid out for that: a handle is its 16 random
-//! bytes (not its 22-character text), the client key sits inline in the entry, the session's token
-//! and its limits are shared `Arc`s (limits interned, since most sessions share a few policies), and
-//! expiries are 32-bit seconds. A resolve is one lookup in one map, with no allocation. Both maps
-//! keep their entries densely in arrays behind an index of 8-byte slots ([`table`]), so a handle
-//! costs about 235 bytes (in its own session) whatever the tables' load, where entries kept in
-//! the buckets cost 340 just past a doubling; the price is one more load from memory a resolve.
+//! The request path only resolves, so the registry is laid out for that. A handle is 128 random
+//! bits and the number of its slot, masked: `b64url(r ‖ slot ⊕ AES_k(r))`, 27 characters. A
+//! resolve decodes it, unmasks the slot and reads that one slot ([`slots`]): the random bits, the
+//! client key, the expiry, the limits' number and the token (up to 71 bytes) all sit in its 128
+//! bytes, read without a lock. Nothing else is read from memory, where a hash table would read its
+//! index, then the entry, then the token. The mask keeps the slot's number from the client (it
+//! would tell how many handles are live); its key is kept in the state database, so a handle
+//! finds its slot again after a restart.
+//!
+//! Writers (register, revoke, prune) take one lock: they find a token's slots by the token's hash,
+//! keep the free slots, and intern the limits. Handles of 22 characters (the 128 bits alone, as
+//! upgate issued them before) are still resolved, through a map of their slots.
 
-mod table;
+mod slots;
 
-use std::collections::HashSet;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::collections::HashMap;
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use ring::aead::quic::{AES_128, HeaderProtectionKey};
 use ring::rand::{SecureRandom, SystemRandom};
 use smallvec::SmallVec;
 
 use crate::db::{Db, DbError, HandleRecord, Limits, SessionRecord};
-use table::{Keyed, Table};
+use slots::{Fill, INLINE, LONG, Seen, Slots, TokenBytes};
 
 /// What a valid handle resolves to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,28 +39,73 @@ pub struct Session {
     pub limits: Arc<Limits>,
 }
 
-/// A handle's 128 random bits; clients hold them as 22 base64url characters.
-type Key = [u8; 16];
+/// A session token as [`Registry::resolve_token`] returns it: copied out of its slot when it fits
+/// there, so a resolve allocates nothing.
+pub struct Token(Held);
 
-/// The bits of a handle's text; `None` for anything upgate cannot have issued (the base64url
-/// decoder refuses non-canonical text, so one handle has exactly one spelling).
-fn key(handle: &str) -> Option<Key> {
-    if handle.len() != 22 {
-        return None;
-    }
-    let mut out = [0u8; 18];
-    match URL_SAFE_NO_PAD.decode_slice(handle, &mut out) {
-        Ok(16) => {
-            let mut key = [0u8; 16];
-            key.copy_from_slice(&out[..16]);
-            Some(key)
+enum Held {
+    Inline(TokenBytes),
+    Long(Arc<str>),
+}
+
+impl Token {
+    pub fn as_str(&self) -> &str {
+        match &self.0 {
+            Held::Inline(b) => inline(b).unwrap_or_default(),
+            Held::Long(s) => s,
         }
-        _ => None,
     }
 }
 
-fn text(key: &Key) -> String {
-    URL_SAFE_NO_PAD.encode(key)
+/// The token a slot holds inline; `None` for the mark of a long one.
+fn inline(b: &TokenBytes) -> Option<&str> {
+    let len = usize::from(b[0]);
+    if len > INLINE {
+        return None;
+    }
+    std::str::from_utf8(&b[1..=len]).ok()
+}
+
+/// A handle's 128 random bits.
+type Key = [u8; 16];
+
+/// The key and masked slot of a handle's text; `None` for anything upgate cannot have issued (the
+/// base64url decoder refuses non-canonical text, so one handle has exactly one spelling).
+fn parse(handle: &str) -> Option<(Key, Option<u32>)> {
+    let mut out = [0u8; 21];
+    let len = match handle.len() {
+        22 | 27 => URL_SAFE_NO_PAD.decode_slice(handle, &mut out).ok()?,
+        _ => return None,
+    };
+    let mut key = [0u8; 16];
+    key.copy_from_slice(&out[..16]);
+    if key == [0; 16] {
+        return None;
+    }
+    let masked = (len == 20).then(|| u32::from_le_bytes([out[16], out[17], out[18], out[19]]));
+    Some((key, masked))
+}
+
+fn words(key: &Key) -> [u64; 2] {
+    let (a, b) = key.split_at(8);
+    [
+        u64::from_le_bytes(a.try_into().unwrap_or_default()),
+        u64::from_le_bytes(b.try_into().unwrap_or_default()),
+    ]
+}
+
+fn key_of(words: [u64; 2]) -> Key {
+    let mut key = [0u8; 16];
+    key[..8].copy_from_slice(&words[0].to_le_bytes());
+    key[8..].copy_from_slice(&words[1].to_le_bytes());
+    key
+}
+
+/// Equality of words that takes the same time wherever they differ: XORed and ORed together,
+/// with no early exit.
+fn same<const N: usize>(a: [u64; N], b: [u64; N]) -> bool {
+    let diff = a.iter().zip(b).fold(0, |d, (x, y)| d | (x ^ y));
+    std::hint::black_box(diff) == 0
 }
 
 /// Unix seconds as kept in memory: 32 bits last until 2106; later times are clamped.
@@ -80,6 +132,14 @@ impl ClientKey {
         Some(ClientKey(k))
     }
 
+    fn from_words(words: [u64; 3]) -> ClientKey {
+        let mut k = [0u8; 24];
+        for (c, w) in k.chunks_exact_mut(8).zip(words) {
+            c.copy_from_slice(&w.to_le_bytes());
+        }
+        ClientKey(k)
+    }
+
     fn as_str(&self) -> &str {
         let len = usize::from(self.0[Self::MAX]).min(Self::MAX);
         std::str::from_utf8(&self.0[..len]).unwrap_or_default()
@@ -88,150 +148,347 @@ impl ClientKey {
     fn words(&self) -> [u64; 3] {
         let mut w = [0u64; 3];
         for (w, c) in w.iter_mut().zip(self.0.chunks_exact(8)) {
-            *w = u64::from_ne_bytes(c.try_into().unwrap_or_default());
+            *w = u64::from_le_bytes(c.try_into().unwrap_or_default());
         }
         w
     }
 
-    /// Equality that takes the same time wherever the keys differ: the three words are XORed and
-    /// ORed together, with no early exit.
+    /// Equality that takes the same time wherever the keys differ.
     fn same(&self, other: &ClientKey) -> bool {
-        let (a, b) = (self.words(), other.words());
-        std::hint::black_box((a[0] ^ b[0]) | (a[1] ^ b[1]) | (a[2] ^ b[2])) == 0
+        same(self.words(), other.words())
     }
 }
 
-struct Entry {
-    key: Key,
-    token: Arc<str>,
-    limits: Arc<Limits>,
-    client: ClientKey,
-    expires_at: AtomicU32,
-    /// The expiry last written to the database; refreshes are flushed in batches.
-    persisted: AtomicU32,
-}
-
-/// A session token: its limits and its handles (usually one), for re-registration, limit changes
-/// and revocation without scanning every handle.
-struct SessionEntry {
-    /// The one `Arc<str>` every entry of the token shares.
-    token: Arc<str>,
-    limits: Arc<Limits>,
-    handles: SmallVec<[Key; 1]>,
-}
-
-impl Keyed for Entry {
-    type Key = Key;
-    fn key(&self) -> &Key {
-        &self.key
+/// A token as a slot keeps it: inline when it fits, else only the [`LONG`] mark.
+fn token_bytes(token: &str) -> TokenBytes {
+    let mut out = [0u8; INLINE + 1];
+    if token.len() <= INLINE {
+        out[0] = token.len() as u8;
+        out[1..=token.len()].copy_from_slice(token.as_bytes());
+    } else {
+        out[0] = LONG;
     }
+    out
 }
 
-impl Keyed for SessionEntry {
-    type Key = str;
-    fn key(&self) -> &str {
-        &self.token
-    }
+type Hasher = foldhash::fast::RandomState;
+
+/// What only writers touch, under one lock.
+#[derive(Default)]
+struct Writer {
+    /// Slots handed out so far: those below it hold a handle or are in `free`.
+    next: u32,
+    free: Vec<u32>,
+    live: usize,
+    /// The slots of each token, by the token's hash (tokens of one hash share a list).
+    by_token: HashMap<u64, SmallVec<[u32; 2]>, Hasher>,
+    /// Each distinct `Limits` once, with its number and how many slots use it.
+    interned: HashMap<Arc<Limits>, u32>,
+    uses: Vec<u32>,
+    free_limits: Vec<u32>,
 }
 
 pub struct Registry {
-    live: Table<Entry>,
-    /// Locked before `live` where both are.
-    sessions: Table<SessionEntry>,
-    /// Each distinct `Limits` once; pruned of those no session holds.
-    interned: Mutex<HashSet<Arc<Limits>>>,
+    slots: Slots,
+    writer: Mutex<Writer>,
+    /// Interned limits by number; a number is reused only once no slot uses it.
+    limits: RwLock<Vec<Option<Arc<Limits>>>>,
+    /// Tokens longer than a slot holds, by slot.
+    long: RwLock<HashMap<u32, Arc<str>>>,
+    /// Handles of the 22-character form, by key: their slot.
+    strays: RwLock<HashMap<Key, u32>>,
+    mask: HeaderProtectionKey,
+    hasher: Hasher,
     ttl_secs: AtomicU64,
     rng: SystemRandom,
 }
 
 impl Registry {
-    /// An empty registry whose handles live `ttl` after their last resolve.
+    /// An empty registry whose handles live `ttl` after their last resolve, with a new mask key.
     pub fn new(ttl: Duration) -> Registry {
+        let mut key = [0u8; 16];
+        // The mask hides a number, not a secret: a failing generator leaves it merely weaker.
+        let _ = SystemRandom::new().fill(&mut key);
+        Registry::with_mask(ttl, &key)
+    }
+
+    fn with_mask(ttl: Duration, key: &[u8; 16]) -> Registry {
         Registry {
-            live: Table::new(),
-            sessions: Table::new(),
-            interned: Mutex::default(),
+            slots: Slots::new(),
+            writer: Mutex::default(),
+            limits: RwLock::default(),
+            long: RwLock::default(),
+            strays: RwLock::default(),
+            mask: HeaderProtectionKey::new(&AES_128, key).expect("a 16-byte AES-128 key"),
+            hasher: Hasher::default(),
             ttl_secs: AtomicU64::new(ttl.as_secs().max(1)),
             rng: SystemRandom::new(),
         }
     }
 
-    /// Loads the live handles of the database.
+    /// Loads the live handles of the database, with the mask key kept there.
     pub fn load(db: &Db, ttl: Duration, now: u64) -> Result<Registry, DbError> {
-        let registry = Registry::new(ttl);
-        for (token, session) in db.sessions()? {
-            registry.restore_session(&token, session.limits);
-        }
-        for (handle, record) in db.handles()? {
-            if record.expires_at > now {
-                registry.restore_handle(&handle, &record);
-            }
-        }
+        let rng = SystemRandom::new();
+        let key = db.registry_key(|| {
+            let mut key = [0u8; 16];
+            rng.fill(&mut key)
+                .map_err(|_| DbError::from("no system randomness".to_string()))?;
+            Ok(key)
+        })?;
+        let registry = Registry::with_mask(ttl, &key);
+        let sessions: HashMap<String, Limits> = db
+            .sessions()?
+            .into_iter()
+            .map(|(token, s)| (token, s.limits))
+            .collect();
+        let handles = db
+            .handles()?
+            .into_iter()
+            .filter(|(_, r)| r.expires_at > now);
+        registry.restore(handles.map(|(handle, record)| {
+            let limits = sessions.get(&record.token).cloned().unwrap_or_default();
+            (handle, record, limits)
+        }));
         Ok(registry)
     }
 
-    /// Takes in a session's limits as stored, without writing them (what loading does).
-    pub fn restore_session(&self, token: &str, limits: Limits) {
-        self.set_limits(token, self.intern(limits));
-    }
-
-    /// Takes in a handle as stored, without writing it (what loading does). A record upgate could
-    /// not have written (a malformed handle or client key) is skipped.
-    pub fn restore_handle(&self, handle: &str, record: &HandleRecord) {
-        match (key(handle), ClientKey::new(&record.client)) {
-            (Some(key), Some(client)) => self.insert(key, &record.token, client, record.expires_at),
-            _ => tracing::warn!("a malformed handle record in the state database is ignored"),
+    /// Takes in handles as stored, without writing them (what loading does): each goes back to the
+    /// slot its text names. A record upgate could not have written (a malformed handle or client
+    /// key, a slot out of range or taken) is skipped.
+    pub fn restore(&self, handles: impl IntoIterator<Item = (String, HandleRecord, Limits)>) {
+        let mut w = self.write();
+        let mut strays = Vec::new();
+        for (handle, record, limits) in handles {
+            let (Some((key, masked)), Some(client)) =
+                (parse(&handle), ClientKey::new(&record.client))
+            else {
+                tracing::warn!("a malformed handle record in the state database is ignored");
+                continue;
+            };
+            let Some(masked) = masked else {
+                strays.push((key, record, client, limits));
+                continue;
+            };
+            let slot = masked ^ self.mask_of(&key);
+            if slot >= slots::MAX || self.slots.read(slot).is_some_and(|s| s.used()) {
+                tracing::warn!("a handle record whose slot is out of range or taken is ignored");
+                continue;
+            }
+            w.next = w.next.max(slot + 1);
+            self.put(
+                &mut w,
+                slot,
+                key,
+                &record.token,
+                client,
+                secs(record.expires_at),
+                limits,
+            );
+        }
+        w.free = (0..w.next)
+            .rev()
+            .filter(|&n| !self.slots.read(n).is_some_and(|s| s.used()))
+            .collect();
+        for (key, record, client, limits) in strays {
+            let Some(slot) = self.take_slot(&mut w) else {
+                break;
+            };
+            self.put(
+                &mut w,
+                slot,
+                key,
+                &record.token,
+                client,
+                secs(record.expires_at),
+                limits,
+            );
+            self.strays
+                .write()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(key, slot);
         }
     }
 
-    fn intern(&self, limits: Limits) -> Arc<Limits> {
-        let mut set = self.interned.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(shared) = set.get(&limits) {
-            return shared.clone();
+    fn write(&self) -> MutexGuard<'_, Writer> {
+        self.writer.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The mask of a key's slot number: the first bytes of AES-128 of the key.
+    fn mask_of(&self, key: &Key) -> u32 {
+        self.mask
+            .new_mask(key)
+            .map_or(0, |m| u32::from_le_bytes([m[0], m[1], m[2], m[3]]))
+    }
+
+    /// The text of the handle in slot `n` with key `key`.
+    fn text(&self, key: &Key, n: u32) -> String {
+        let stray = self
+            .strays
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains_key(key);
+        if stray {
+            return URL_SAFE_NO_PAD.encode(key);
+        }
+        let mut bytes = [0u8; 20];
+        bytes[..16].copy_from_slice(key);
+        bytes[16..].copy_from_slice(&(n ^ self.mask_of(key)).to_le_bytes());
+        URL_SAFE_NO_PAD.encode(bytes)
+    }
+
+    /// The slot of a handle's text, unchecked.
+    fn locate(&self, key: &Key, masked: Option<u32>) -> Option<u32> {
+        match masked {
+            Some(m) => Some(m ^ self.mask_of(key)),
+            None => self
+                .strays
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .get(key)
+                .copied(),
+        }
+    }
+
+    fn take_slot(&self, w: &mut Writer) -> Option<u32> {
+        if let Some(n) = w.free.pop() {
+            return Some(n);
+        }
+        if w.next >= slots::MAX {
+            return None;
+        }
+        w.next += 1;
+        Some(w.next - 1)
+    }
+
+    /// The number of `limits`, interned, counted as used once more.
+    fn intern(&self, w: &mut Writer, limits: Limits) -> u32 {
+        if let Some(&id) = w.interned.get(&limits) {
+            w.uses[id as usize] += 1;
+            return id;
         }
         let shared = Arc::new(limits);
-        set.insert(shared.clone());
-        shared
+        let mut table = self.limits.write().unwrap_or_else(PoisonError::into_inner);
+        let id = match w.free_limits.pop() {
+            Some(id) => {
+                table[id as usize] = Some(shared.clone());
+                w.uses[id as usize] = 1;
+                id
+            }
+            None => {
+                table.push(Some(shared.clone()));
+                w.uses.push(1);
+                (table.len() - 1) as u32
+            }
+        };
+        w.interned.insert(shared, id);
+        id
     }
 
-    /// Sets a token's limits, for its live handles too.
-    fn set_limits(&self, token: &str, limits: Arc<Limits>) {
-        let made = || SessionEntry {
-            token: token.into(),
-            limits: limits.clone(),
-            handles: SmallVec::new(),
+    /// One use fewer of limits number `id`; the number is freed with its last use.
+    fn release(&self, w: &mut Writer, id: u32) {
+        let Some(uses) = w.uses.get_mut(id as usize) else {
+            return;
         };
-        self.sessions.upsert(token, made, |session| {
-            if Arc::ptr_eq(&session.limits, &limits) {
-                return;
-            }
-            session.limits = limits.clone();
-            for h in &session.handles {
-                self.live.update(h, |e| e.limits = limits.clone());
-            }
-        });
+        *uses = uses.saturating_sub(1);
+        if *uses > 0 {
+            return;
+        }
+        let mut table = self.limits.write().unwrap_or_else(PoisonError::into_inner);
+        if let Some(shared) = table.get_mut(id as usize).and_then(Option::take) {
+            w.interned.remove(&shared);
+            w.free_limits.push(id);
+        }
     }
 
-    fn insert(&self, key: Key, token: &str, client: ClientKey, expires_at: u64) {
-        let made = || SessionEntry {
-            token: token.into(),
-            limits: self.intern(Limits::default()),
-            handles: SmallVec::new(),
-        };
-        let (token, limits) = self.sessions.upsert(token, made, |session| {
-            if !session.handles.contains(&key) {
-                session.handles.push(key);
+    /// Fills slot `n` with a handle.
+    #[allow(clippy::too_many_arguments)]
+    fn put(
+        &self,
+        w: &mut Writer,
+        n: u32,
+        key: Key,
+        token: &str,
+        client: ClientKey,
+        expires_at: u32,
+        limits: Limits,
+    ) {
+        let limits = self.intern(w, limits);
+        if token.len() > INLINE {
+            self.long
+                .write()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(n, token.into());
+        }
+        self.slots.fill(
+            n,
+            &Fill {
+                key: words(&key),
+                client: client.words(),
+                expires_at,
+                limits,
+                token: token_bytes(token),
+            },
+        );
+        w.by_token
+            .entry(self.hasher.hash_one(token))
+            .or_default()
+            .push(n);
+        w.live += 1;
+    }
+
+    /// Empties slot `n` (seen as `seen`), returning its handle's text.
+    fn free(&self, w: &mut Writer, n: u32, seen: &Seen, token: &str) -> String {
+        let key = key_of(seen.key);
+        let text = self.text(&key, n);
+        self.slots.clear(n);
+        self.release(w, seen.limits);
+        if token.len() > INLINE {
+            self.long
+                .write()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(&n);
+        }
+        self.strays
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&key);
+        let hash = self.hasher.hash_one(token);
+        if let Some(list) = w.by_token.get_mut(&hash) {
+            list.retain(|s| *s != n);
+            if list.is_empty() {
+                w.by_token.remove(&hash);
             }
-            (session.token.clone(), session.limits.clone())
-        });
-        self.live.insert(Entry {
-            key,
-            token,
-            limits,
-            client,
-            expires_at: AtomicU32::new(secs(expires_at)),
-            persisted: AtomicU32::new(secs(expires_at)),
-        });
+        }
+        w.free.push(n);
+        w.live -= 1;
+        text
+    }
+
+    /// The token of slot `n` as seen; a long one from beside the slots (a reader checks the slot
+    /// is unchanged after).
+    fn token_of(&self, n: u32, seen: &Seen) -> Option<Arc<str>> {
+        match inline(&seen.token()) {
+            Some(t) => Some(t.into()),
+            None => self
+                .long
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .get(&n)
+                .cloned(),
+        }
+    }
+
+    /// The used slots of `token`, with what they hold. Under the writer lock.
+    fn slots_of(&self, w: &Writer, token: &str) -> SmallVec<[(u32, Seen); 2]> {
+        let Some(list) = w.by_token.get(&self.hasher.hash_one(token)) else {
+            return SmallVec::new();
+        };
+        list.iter()
+            .filter_map(|&n| Some((n, self.slots.read(n)?)))
+            .filter(|(n, seen)| {
+                seen.used() && self.token_of(*n, seen).is_some_and(|t| &*t == token)
+            })
+            .collect()
     }
 
     /// A new `handle_ttl` (config reload); it applies from each handle's next refresh.
@@ -244,15 +501,16 @@ impl Registry {
     }
 
     pub fn len(&self) -> usize {
-        self.live.len()
+        self.write().live
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
-    /// Registers `token` for `client` (or refreshes its live handle) and sets the session's limits.
-    /// Returns the handle and its expiry (unix seconds). Durable before it returns.
+    /// Registers `token` for `client` (or refreshes its live handle) and sets the session's limits
+    /// on every handle of it. Returns the handle and its expiry (unix seconds). Durable before it
+    /// returns.
     pub fn register(
         &self,
         db: &Db,
@@ -261,117 +519,216 @@ impl Registry {
         limits: Limits,
         now: u64,
     ) -> Result<(String, u64), DbError> {
+        self.register_with(token, client, limits, now, |handle, record, session| {
+            db.put_handle(handle, record, session)
+        })
+    }
+
+    /// [`Registry::register`] with nothing written to the database, for benchmarks: such a
+    /// handle does not survive a restart.
+    #[doc(hidden)]
+    pub fn register_in_memory(
+        &self,
+        token: &str,
+        client: &str,
+        limits: Limits,
+        now: u64,
+    ) -> Result<(String, u64), DbError> {
+        self.register_with(token, client, limits, now, |_, _, _| Ok(()))
+    }
+
+    /// Registers, with `store` making the handle durable before it is put in memory.
+    fn register_with(
+        &self,
+        token: &str,
+        client: &str,
+        limits: Limits,
+        now: u64,
+        store: impl FnOnce(&str, &HandleRecord, &SessionRecord) -> Result<(), DbError>,
+    ) -> Result<(String, u64), DbError> {
         let ck = ClientKey::new(client)
             .ok_or_else(|| DbError::from("not a client key: too long".to_string()))?;
         let expires_at = now + self.ttl();
-        let existing = self.live_handle(token, &ck, now);
-        let key = match existing {
-            Some(k) => k,
-            None => self.new_key()?,
+        // An existing live handle of this client, or a slot and key for a new one. The slot is
+        // taken from the free list now and filled once the record is durable.
+        let (n, key, existing) = {
+            let mut w = self.write();
+            let live = self.slots_of(&w, token).into_iter().find(|(_, s)| {
+                ClientKey::from_words(s.client).same(&ck) && s.expires_at > secs(now)
+            });
+            match live {
+                Some((n, seen)) => (n, key_of(seen.key), true),
+                None => {
+                    let n = self
+                        .take_slot(&mut w)
+                        .ok_or_else(|| DbError::from("the handle registry is full".to_string()))?;
+                    (n, self.new_key()?, false)
+                }
+            }
         };
-        let handle = text(&key);
+        let handle = self.text(&key, n);
         let record = HandleRecord {
             token: token.into(),
             client: client.into(),
             expires_at,
         };
-        db.put_handle(
-            &handle,
-            &record,
-            &SessionRecord {
-                limits: limits.clone(),
-                alive_until: expires_at,
-            },
-        )?;
-        self.set_limits(token, self.intern(limits));
-        self.insert(key, token, ck, expires_at);
+        let session = SessionRecord {
+            limits: limits.clone(),
+            alive_until: expires_at,
+        };
+        let stored = store(&handle, &record, &session);
+        let mut w = self.write();
+        if let Err(e) = stored {
+            if !existing {
+                w.free.push(n);
+            }
+            return Err(e);
+        }
+        let seen = self.slots.read(n).filter(|s| s.used());
+        match seen {
+            Some(s) if same(s.key, words(&key)) => self.slots.renew(n, secs(expires_at)),
+            Some(_) => {
+                // Revoked or expired since, and the slot given to another handle: the record just
+                // stored names a slot that is not this handle's; it resolves to nothing.
+                return Err(DbError::from(
+                    "the handle was ended while it was registered again".to_string(),
+                ));
+            }
+            None => {
+                w.free.retain(|&f| f != n);
+                self.put(&mut w, n, key, token, ck, secs(expires_at), limits.clone());
+            }
+        }
+        self.set_limits(&mut w, token, limits);
         Ok((handle, expires_at))
     }
 
-    /// The live handle of `token` for `client`, if there is one.
-    fn live_handle(&self, token: &str, client: &ClientKey, now: u64) -> Option<Key> {
-        let handles = self.sessions.get(token, |s| s.handles.clone())?;
-        handles.into_iter().find(|h| {
-            self.live
-                .get(h, |e| {
-                    e.client.same(client) && e.expires_at.load(Ordering::Acquire) > secs(now)
-                })
-                .unwrap_or(false)
-        })
+    /// Sets the limits of every handle of `token`.
+    fn set_limits(&self, w: &mut Writer, token: &str, limits: Limits) {
+        for (n, seen) in self.slots_of(w, token) {
+            let id = self.intern(w, limits.clone());
+            self.slots.set_limits(n, id);
+            self.release(w, seen.limits);
+        }
     }
 
     fn new_key(&self) -> Result<Key, DbError> {
         let mut key = [0u8; 16];
-        self.rng
-            .fill(&mut key)
-            .map_err(|_| DbError::from("no system randomness".to_string()))?;
+        while key == [0; 16] {
+            self.rng
+                .fill(&mut key)
+                .map_err(|_| DbError::from("no system randomness".to_string()))?;
+        }
         Ok(key)
     }
 
-    /// The session of a handle presented by `client`, refreshing its expiry; `None` for an unknown,
-    /// expired or other client's handle alike.
-    pub fn resolve(&self, handle: &str, client: &str, now: u64) -> Option<Session> {
-        let (key, client) = (key(handle)?, ClientKey::new(client)?);
+    /// The slot and a copy of it for a handle presented by `client`, refreshing its expiry; `None`
+    /// for an unknown, expired or other client's handle alike.
+    fn find(&self, handle: &str, client: &str, now: u64) -> Option<(u32, Seen)> {
+        let (key, masked) = parse(handle)?;
+        let client = ClientKey::new(client)?;
+        let n = self.locate(&key, masked)?;
+        let seen = self.slots.read(n)?;
+        let ok = same(seen.key, words(&key))
+            & same(seen.client, client.words())
+            & (seen.expires_at > secs(now));
+        if !ok {
+            return None;
+        }
         let expires_at = secs(now + self.ttl());
-        self.live
-            .get(&key, |entry| {
-                let same_client = entry.client.same(&client);
-                let live = entry.expires_at.load(Ordering::Acquire) > secs(now);
-                if !(same_client & live) {
-                    return None;
-                }
-                entry.expires_at.store(expires_at, Ordering::Release);
-                Some(Session {
-                    token: entry.token.clone(),
-                    limits: entry.limits.clone(),
-                })
-            })
-            .flatten()
+        if seen.expires_at != expires_at {
+            self.slots.refresh(n, expires_at);
+        }
+        Some((n, seen))
+    }
+
+    /// The session token of a handle presented by `client`, refreshing its expiry: what the proxy
+    /// needs for `X-Upload-Session`. `None` for an unknown, expired or other client's handle alike.
+    pub fn resolve_token(&self, handle: &str, client: &str, now: u64) -> Option<Token> {
+        loop {
+            let (n, seen) = self.find(handle, client, now)?;
+            let token = seen.token();
+            if token[0] != LONG {
+                return Some(Token(Held::Inline(token)));
+            }
+            let long = self.token_of(n, &seen);
+            if self.slots.unchanged(n, &seen) {
+                return long.map(|t| Token(Held::Long(t)));
+            }
+        }
+    }
+
+    /// The session (token and limits) of a handle presented by `client`, refreshing its expiry.
+    pub fn resolve(&self, handle: &str, client: &str, now: u64) -> Option<Session> {
+        loop {
+            let (n, seen) = self.find(handle, client, now)?;
+            let limits = self
+                .limits
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .get(seen.limits as usize)
+                .cloned()
+                .flatten();
+            let token = self.token_of(n, &seen);
+            if self.slots.unchanged(n, &seen) {
+                return Some(Session {
+                    token: token?,
+                    limits: limits?,
+                });
+            }
+        }
     }
 
     /// Ends every handle of `token`; returns how many.
     pub fn revoke(&self, db: &Db, token: &str) -> Result<usize, DbError> {
-        let ended: SmallVec<[Key; 1]> = self
-            .sessions
-            .update(token, |s| std::mem::take(&mut s.handles))
-            .unwrap_or_default();
-        for h in &ended {
-            self.live.remove(h);
-        }
-        db.remove_handles(&ended.iter().map(text).collect::<Vec<_>>())?;
+        let ended: Vec<String> = {
+            let mut w = self.write();
+            self.slots_of(&w, token)
+                .into_iter()
+                .map(|(n, seen)| self.free(&mut w, n, &seen, token))
+                .collect()
+        };
+        db.remove_handles(&ended)?;
         Ok(ended.len())
     }
 
-    /// Forgets the limits of an ended session (its handles are revoked separately); a session
-    /// that still has handles keeps its entry.
-    pub fn forget_session(&self, token: &str) {
-        self.sessions.remove_if(token, |s| s.handles.is_empty());
+    /// The used slots below the high-water mark, with copies of them.
+    fn used(&self, next: u32) -> impl Iterator<Item = (u32, Seen)> + '_ {
+        (0..next).filter_map(|n| Some((n, self.slots.read(n)?)).filter(|(_, s)| s.used()))
     }
 
     /// Writes refreshed expiries older in the database than `step` seconds; called in the background.
     pub fn flush(&self, db: &Db, step: u64) -> Result<usize, DbError> {
+        let next = self.write().next;
         let mut refreshed = Vec::new();
-        self.live.for_each(|e| {
-            let expires = e.expires_at.load(Ordering::Acquire);
-            if u64::from(expires) >= u64::from(e.persisted.load(Ordering::Acquire)) + step {
-                let record = HandleRecord {
-                    token: e.token.to_string(),
-                    client: e.client.as_str().to_string(),
-                    expires_at: u64::from(expires),
-                };
-                refreshed.push((text(&e.key), record));
+        let mut at = Vec::new();
+        for (n, seen) in self.used(next) {
+            let persisted = self.slots.persisted(n);
+            if u64::from(seen.expires_at) < u64::from(persisted) + step {
+                continue;
             }
-        });
+            let Some(token) = self.token_of(n, &seen) else {
+                continue;
+            };
+            if !self.slots.unchanged(n, &seen) {
+                continue;
+            }
+            let key = key_of(seen.key);
+            let record = HandleRecord {
+                token: token.to_string(),
+                client: ClientKey::from_words(seen.client).as_str().to_string(),
+                expires_at: u64::from(seen.expires_at),
+            };
+            refreshed.push((self.text(&key, n), record));
+            at.push((n, seen));
+        }
         if refreshed.is_empty() {
             return Ok(0);
         }
         db.refresh_handles(&refreshed)?;
-        for (handle, record) in &refreshed {
-            if let Some(k) = key(handle) {
-                self.live.get(&k, |e| {
-                    e.persisted
-                        .fetch_max(secs(record.expires_at), Ordering::AcqRel)
-                });
+        for (n, seen) in &at {
+            if self.slots.unchanged(*n, seen) {
+                self.slots.set_persisted(*n, seen.expires_at);
             }
         }
         Ok(refreshed.len())
@@ -379,36 +736,30 @@ impl Registry {
 
     /// Removes expired handles from memory and the database; returns how many.
     pub fn prune(&self, db: &Db, now: u64) -> Result<usize, DbError> {
-        let mut ended = Vec::new();
-        self.live.retain(|e| {
-            let live = e.expires_at.load(Ordering::Acquire) > secs(now);
-            if !live {
-                ended.push(text(&e.key));
-            }
-            live
-        });
-        self.sessions.retain(|s| {
-            s.handles.retain(|h| self.live.contains(h));
-            true
-        });
-        self.interned
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .retain(|l| Arc::strong_count(l) > 1);
+        let ended: Vec<String> = {
+            let mut w = self.write();
+            let expired: Vec<(u32, Seen)> = self
+                .used(w.next)
+                .filter(|(_, s)| s.expires_at <= secs(now))
+                .collect();
+            expired
+                .into_iter()
+                .filter_map(|(n, seen)| {
+                    let token = self.token_of(n, &seen)?;
+                    Some(self.free(&mut w, n, &seen, &token))
+                })
+                .collect()
+        };
         db.remove_handles(&ended)?;
         Ok(ended.len())
     }
 
     /// Whether any live handle stands for `token`.
     pub fn has_live_handle(&self, token: &str, now: u64) -> bool {
-        let Some(handles) = self.sessions.get(token, |s| s.handles.clone()) else {
-            return false;
-        };
-        handles.iter().any(|h| {
-            self.live
-                .get(h, |e| e.expires_at.load(Ordering::Acquire) > secs(now))
-                .unwrap_or(false)
-        })
+        let w = self.write();
+        self.slots_of(&w, token)
+            .iter()
+            .any(|(_, s)| s.expires_at > secs(now))
     }
 }
 
@@ -519,19 +870,22 @@ mod tests {
         let (h, _) = reg
             .register(&db, "tok", "c", Limits::default(), 0)
             .expect("register");
-        assert!(key(&h).is_some());
+        assert!(parse(&h).is_some());
+        assert_eq!(h.len(), 27);
         for bad in [
             "",
             "short",
             &format!("{h}A"),
-            &h[..21],
+            &h[..26],
+            &h[..22],
             &h.replace(|_: char| true, "*"),
+            &"A".repeat(27),
         ] {
             assert!(reg.resolve(bad, "c", 1).is_none(), "{bad:?}");
         }
         // The same 128 bits with different trailing bits in the last character are not the handle.
         let last = h.chars().last().expect("last");
-        let alias = format!("{}{}", &h[..21], if last == 'A' { 'B' } else { 'A' });
+        let alias = format!("{}{}", &h[..26], if last == 'A' { 'B' } else { 'A' });
         assert!(reg.resolve(&alias, "c", 1).is_none());
         assert!(
             reg.register(&db, "tok", &"c".repeat(40), Limits::default(), 0)
@@ -566,5 +920,172 @@ mod tests {
         assert_eq!(reg.revoke(&db, "tok").expect("revoke"), 2);
         assert!(!reg.has_live_handle("tok", 3));
         assert!(reg.resolve(&a, "alice", 4).is_none());
+    }
+    /// The random bits of one handle with the slot of another, and the reverse, are nobody's.
+    #[test]
+    fn a_handle_is_its_bits_and_its_slot_together() {
+        let (_d, db, reg) = setup();
+        let (a, _) = reg
+            .register(&db, "ta", "c", Limits::default(), 0)
+            .expect("a");
+        let (b, _) = reg
+            .register(&db, "tb", "c", Limits::default(), 0)
+            .expect("b");
+        let (ka, ma) = parse(&a).expect("a");
+        let (kb, mb) = parse(&b).expect("b");
+        let (ma, mb) = (ma.expect("slot"), mb.expect("slot"));
+        assert_ne!(ma ^ reg.mask_of(&ka), mb ^ reg.mask_of(&kb), "two slots");
+        for (key, n) in [(ka, mb ^ reg.mask_of(&kb)), (kb, ma ^ reg.mask_of(&ka))] {
+            let mut bytes = [0u8; 20];
+            bytes[..16].copy_from_slice(&key);
+            bytes[16..].copy_from_slice(&(n ^ reg.mask_of(&key)).to_le_bytes());
+            let forged = URL_SAFE_NO_PAD.encode(bytes);
+            assert!(reg.resolve(&forged, "c", 1).is_none(), "{forged}");
+            assert!(reg.resolve_token(&forged, "c", 1).is_none(), "{forged}");
+        }
+        assert_eq!(reg.resolve_token(&a, "c", 1).expect("a").as_str(), "ta");
+    }
+
+    /// A freed slot goes to the next handle; the ended handle does not come back with it, and
+    /// limits no handle uses any more are let go.
+    #[test]
+    fn slots_and_limits_are_reused_without_leaking() {
+        let (_d, db, reg) = setup();
+        let five = Limits {
+            max_files: Some(5),
+            ..Limits::default()
+        };
+        let (old, _) = reg.register(&db, "old", "c", five, 0).expect("old");
+        assert_eq!(reg.revoke(&db, "old").expect("revoke"), 1);
+        let (new, _) = reg
+            .register(&db, "new", "c", Limits::default(), 1)
+            .expect("new");
+        let slot = |h: &str| {
+            let (k, m) = parse(h).expect("handle");
+            m.expect("slot") ^ reg.mask_of(&k)
+        };
+        assert_eq!(slot(&old), slot(&new), "the freed slot is taken again");
+        assert!(reg.resolve(&old, "c", 2).is_none());
+        let s = reg.resolve(&new, "c", 2).expect("new");
+        assert_eq!((&*s.token, s.limits.max_files), ("new", None));
+        let w = reg.write();
+        assert_eq!(
+            w.interned.len(),
+            1,
+            "the limits of the ended handle are let go"
+        );
+        assert_eq!(w.live, 1);
+    }
+
+    /// Tokens longer than a slot holds are kept beside it, and resolve the same.
+    #[test]
+    fn long_tokens_resolve_and_end() {
+        let (_d, db, reg) = setup();
+        let long = "t".repeat(256);
+        let (h, _) = reg
+            .register(&db, &long, "c", Limits::default(), 0)
+            .expect("register");
+        let (fits, _) = reg
+            .register(&db, &"u".repeat(INLINE), "c", Limits::default(), 0)
+            .expect("register");
+        assert_eq!(reg.resolve_token(&h, "c", 1).expect("long").as_str(), long);
+        assert_eq!(&*reg.resolve(&h, "c", 1).expect("long").token, long);
+        assert_eq!(
+            reg.resolve_token(&fits, "c", 1).expect("fits").as_str(),
+            "u".repeat(INLINE)
+        );
+        let (again, _) = reg
+            .register(&db, &long, "c", Limits::default(), 2)
+            .expect("again");
+        assert_eq!(again, h);
+        assert!(reg.has_live_handle(&long, 3));
+        assert_eq!(reg.revoke(&db, &long).expect("revoke"), 1);
+        assert!(reg.resolve_token(&h, "c", 4).is_none());
+        assert!(reg.long.read().expect("long").is_empty());
+    }
+
+    /// Handles of the earlier 22-character form, read from the database, resolve and are written
+    /// back under their own text.
+    #[test]
+    fn handles_of_the_earlier_form_still_resolve() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("s.redb");
+        let old = URL_SAFE_NO_PAD.encode([7u8; 16]);
+        {
+            let db = Db::open(&path).expect("db");
+            let record = HandleRecord {
+                token: "tok".into(),
+                client: "c".into(),
+                expires_at: 100,
+            };
+            let session = SessionRecord {
+                limits: Limits {
+                    max_files: Some(2),
+                    ..Limits::default()
+                },
+                alive_until: 100,
+            };
+            db.put_handle(&old, &record, &session).expect("put");
+        }
+        let db = Db::open(&path).expect("db");
+        let reg = Registry::load(&db, Duration::from_secs(100), 10).expect("load");
+        let s = reg.resolve(&old, "c", 20).expect("the old handle");
+        assert_eq!((&*s.token, s.limits.max_files), ("tok", Some(2)));
+        assert!(
+            reg.resolve(&old, "d", 20).is_none(),
+            "still bound to its client"
+        );
+        let (again, _) = reg
+            .register(&db, "tok", "c", Limits::default(), 30)
+            .expect("again");
+        assert_eq!(again, old, "re-registering keeps the handle");
+        assert_eq!(
+            reg.flush(&db, 1).expect("flush"),
+            0,
+            "written by the registration"
+        );
+        assert!(reg.resolve(&old, "c", 120).is_some());
+        assert_eq!(reg.flush(&db, 1).expect("flush"), 1);
+        let stored: Vec<String> = db
+            .handles()
+            .expect("handles")
+            .into_iter()
+            .map(|h| h.0)
+            .collect();
+        assert_eq!(stored, vec![old.clone()]);
+        assert_eq!(reg.prune(&db, 1000).expect("prune"), 1);
+        assert!(db.handles().expect("handles").is_empty());
+        assert!(reg.strays.read().expect("strays").is_empty());
+    }
+
+    /// Resolves racing a writer that ends a handle and gives its slot to another session never
+    /// answer with the other session's token.
+    #[test]
+    fn a_racing_resolve_never_sees_another_sessions_token() {
+        let (_d, db, reg) = setup();
+        let (h, _) = reg
+            .register(&db, "mine", "c", Limits::default(), 0)
+            .expect("h");
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                for i in 0..300 {
+                    reg.revoke(&db, "mine").expect("revoke");
+                    reg.register(&db, &format!("theirs-{i}"), "c", Limits::default(), 0)
+                        .expect("theirs");
+                    reg.revoke(&db, &format!("theirs-{i}")).expect("revoke");
+                }
+                stop.store(true, Ordering::Relaxed);
+            });
+            while !stop.load(Ordering::Relaxed) {
+                if let Some(t) = reg.resolve_token(&h, "c", 1) {
+                    assert_eq!(t.as_str(), "mine");
+                }
+                if let Some(s) = reg.resolve(&h, "c", 1) {
+                    assert_eq!(&*s.token, "mine");
+                }
+            }
+        });
+        assert!(reg.resolve(&h, "c", 1).is_none());
     }
 }

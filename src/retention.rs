@@ -119,7 +119,6 @@ fn remove_session(
 ) -> Result<Vec<FileRecord>, DbError> {
     if let Some(r) = registry {
         r.revoke(&store.db, token)?;
-        r.forget_session(token);
     }
     store.db.remove_session(token)
 }

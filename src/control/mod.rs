@@ -178,7 +178,6 @@ impl Api {
         let token = token.to_string();
         off_thread(move || {
             gw.registry.revoke(&gw.store.db, &token)?;
-            gw.registry.forget_session(&token);
             let files = gw.store.db.remove_session(&token)?;
             files.iter().for_each(|f| gw.store.remove_blob(&f.id));
             Ok::<_, crate::db::DbError>(())
