@@ -281,13 +281,43 @@ impl Db {
         tx.commit().map_err(db_err)
     }
 
-    /// Moves handles' expiry forward (and their sessions' `alive_until`), in one durable transaction.
+    /// Stores a handle registered again, and its session, in one durable transaction, only if
+    /// the handle's record is still there; `false` (nothing written) if it was ended meanwhile.
+    pub fn renew_handle(
+        &self,
+        handle: &str,
+        record: &HandleRecord,
+        session: &SessionRecord,
+    ) -> Result<bool> {
+        let tx = self.db.begin_write().map_err(db_err)?;
+        {
+            let mut handles = tx.open_table(HANDLES).map_err(db_err)?;
+            if handles.get(handle).map_err(db_err)?.is_none() {
+                return Ok(false);
+            }
+            handles
+                .insert(handle, encode(record)?.as_slice())
+                .map_err(db_err)?;
+            tx.open_table(SESSIONS)
+                .map_err(db_err)?
+                .insert(record.token.as_str(), encode(session)?.as_slice())
+                .map_err(db_err)?;
+        }
+        tx.commit().map_err(db_err)?;
+        Ok(true)
+    }
+
+    /// Moves handles' expiry forward (and their sessions' `alive_until`), in one durable
+    /// transaction. A handle whose record is gone (ended since the refresh was read) stays gone.
     pub fn refresh_handles(&self, refreshed: &[(String, HandleRecord)]) -> Result<()> {
         let tx = self.db.begin_write().map_err(db_err)?;
         {
             let mut handles = tx.open_table(HANDLES).map_err(db_err)?;
             let mut sessions = tx.open_table(SESSIONS).map_err(db_err)?;
             for (handle, record) in refreshed {
+                if handles.get(handle.as_str()).map_err(db_err)?.is_none() {
+                    continue;
+                }
                 handles
                     .insert(handle.as_str(), encode(record)?.as_slice())
                     .map_err(db_err)?;
@@ -682,5 +712,26 @@ mod tests {
             "a used slot stays used"
         );
         assert_eq!(db.prune_slots(101).expect("prune"), 1);
+    }
+
+    /// A refresh read before a handle ended does not write it back, and a renewal of an ended
+    /// handle writes nothing: an ended handle's record stays gone.
+    #[test]
+    fn ended_handles_stay_ended() {
+        let dir = tempfile::tempdir().expect("dir");
+        let db = Db::open(&dir.path().join("s.redb")).expect("db");
+        let record = HandleRecord {
+            token: "tok".into(),
+            client: "c".into(),
+            expires_at: 100,
+        };
+        let session = SessionRecord::default();
+        db.put_handle("h", &record, &session).expect("put");
+        assert!(db.renew_handle("h", &record, &session).expect("renew"));
+        db.remove_handles(&["h".to_string()]).expect("remove");
+        db.refresh_handles(&[("h".to_string(), record.clone())])
+            .expect("refresh");
+        assert!(!db.renew_handle("h", &record, &session).expect("renew"));
+        assert!(db.handles().expect("handles").is_empty());
     }
 }

@@ -245,24 +245,30 @@ impl Registry {
             .handles()?
             .into_iter()
             .filter(|(_, r)| r.expires_at > now);
-        registry.restore(handles.map(|(handle, record)| {
+        let ignored = registry.restore(handles.map(|(handle, record)| {
             let limits = sessions.get(&record.token).cloned().unwrap_or_default();
             (handle, record, limits)
         }));
+        db.remove_handles(&ignored)?;
         Ok(registry)
     }
 
     /// Takes in handles as stored, without writing them (what loading does): each goes back to the
-    /// slot its text names. A record upgate could not have written (a malformed handle or client
-    /// key, a slot out of range or taken) is skipped.
-    pub fn restore(&self, handles: impl IntoIterator<Item = (String, HandleRecord, Limits)>) {
+    /// slot its text names. Returns the records skipped, for the caller to delete: one upgate
+    /// could not have written (a malformed handle or client key, a slot out of range), and of two
+    /// that name one slot (which upgate does not write either), the one that expires first.
+    pub fn restore(
+        &self,
+        handles: impl IntoIterator<Item = (String, HandleRecord, Limits)>,
+    ) -> Vec<String> {
         let mut w = self.write();
-        let mut strays = Vec::new();
+        let (mut strays, mut ignored) = (Vec::new(), Vec::new());
         for (handle, record, limits) in handles {
             let (Some((key, masked)), Some(client)) =
                 (parse(&handle), ClientKey::new(&record.client))
             else {
-                tracing::warn!("a malformed handle record in the state database is ignored");
+                tracing::warn!("a malformed handle record in the state database is removed");
+                ignored.push(handle);
                 continue;
             };
             let Some(masked) = masked else {
@@ -270,9 +276,21 @@ impl Registry {
                 continue;
             };
             let slot = masked ^ self.mask_of(&key);
-            if slot >= slots::MAX || self.slots.read(slot).is_some_and(|s| s.used()) {
-                tracing::warn!("a handle record whose slot is out of range or taken is ignored");
+            if slot >= slots::MAX {
+                tracing::warn!("a handle record whose slot is out of range is removed");
+                ignored.push(handle);
                 continue;
+            }
+            if let Some(held) = self.slots.read(slot).filter(|s| s.used()) {
+                tracing::warn!(
+                    "two handle records name one slot: the one that expires first is removed"
+                );
+                if held.expires_at >= secs(record.expires_at) {
+                    ignored.push(handle);
+                    continue;
+                }
+                let token = self.token_of(slot, &held).unwrap_or_default();
+                ignored.push(self.free(&mut w, slot, &held, &token));
             }
             w.next = w.next.max(slot + 1);
             self.put(
@@ -291,7 +309,8 @@ impl Registry {
             .collect();
         for (key, record, client, limits) in strays {
             let Some(slot) = self.take_slot(&mut w) else {
-                break;
+                ignored.push(URL_SAFE_NO_PAD.encode(key));
+                continue;
             };
             self.put(
                 &mut w,
@@ -307,6 +326,7 @@ impl Registry {
                 .unwrap_or_else(PoisonError::into_inner)
                 .insert(key, slot);
         }
+        ignored
     }
 
     fn write(&self) -> MutexGuard<'_, Writer> {
@@ -436,7 +456,8 @@ impl Registry {
         w.live += 1;
     }
 
-    /// Empties slot `n` (seen as `seen`), returning its handle's text.
+    /// Empties slot `n` (seen as `seen`), returning its handle's text. The slot goes back to the
+    /// free list through [`Registry::reuse`].
     fn free(&self, w: &mut Writer, n: u32, seen: &Seen, token: &str) -> String {
         let key = key_of(seen.key);
         let text = self.text(&key, n);
@@ -459,9 +480,17 @@ impl Registry {
                 w.by_token.remove(&hash);
             }
         }
-        w.free.push(n);
         w.live -= 1;
         text
+    }
+
+    /// Returns ended handles' slots to the free list, once their records are gone from the
+    /// database: a slot is never given to a new handle while a record still names it.
+    fn reuse(&self, ended: Vec<(String, u32)>, db: &Db) -> Result<usize, DbError> {
+        let texts: Vec<String> = ended.iter().map(|(t, _)| t.clone()).collect();
+        db.remove_handles(&texts)?;
+        self.write().free.extend(ended.iter().map(|(_, n)| *n));
+        Ok(ended.len())
     }
 
     /// The token of slot `n` as seen; a long one from beside the slots (a reader checks the slot
@@ -519,9 +548,7 @@ impl Registry {
         limits: Limits,
         now: u64,
     ) -> Result<(String, u64), DbError> {
-        self.register_with(token, client, limits, now, |handle, record, session| {
-            db.put_handle(handle, record, session)
-        })
+        self.register_with(Some(db), token, client, limits, now, &mut || ())
     }
 
     /// [`Registry::register`] with nothing written to the database, for benchmarks: such a
@@ -534,39 +561,29 @@ impl Registry {
         limits: Limits,
         now: u64,
     ) -> Result<(String, u64), DbError> {
-        self.register_with(token, client, limits, now, |_, _, _| Ok(()))
+        self.register_with(None, token, client, limits, now, &mut || ())
     }
 
-    /// Registers, with `store` making the handle durable before it is put in memory.
+    /// Registers, the record durable (when there is a database) before the handle is in memory.
+    ///
+    /// A handle's slot is taken from the free list only once the database no longer has a record
+    /// of the handle that held it (see [`Registry::revoke`]), so two records never name one slot.
+    /// A live handle registered again is renewed only if its record is still there, and only if
+    /// its slot still holds it afterwards; when a revoke or a prune ends it in between, the
+    /// registration starts over and issues a new handle, as if it came after.
+    /// (`meanwhile` runs between the two phases: where tests put a racing revoke.)
     fn register_with(
         &self,
+        db: Option<&Db>,
         token: &str,
         client: &str,
         limits: Limits,
         now: u64,
-        store: impl FnOnce(&str, &HandleRecord, &SessionRecord) -> Result<(), DbError>,
+        meanwhile: &mut dyn FnMut(),
     ) -> Result<(String, u64), DbError> {
         let ck = ClientKey::new(client)
             .ok_or_else(|| DbError::from("not a client key: too long".to_string()))?;
         let expires_at = now + self.ttl();
-        // An existing live handle of this client, or a slot and key for a new one. The slot is
-        // taken from the free list now and filled once the record is durable.
-        let (n, key, existing) = {
-            let mut w = self.write();
-            let live = self.slots_of(&w, token).into_iter().find(|(_, s)| {
-                ClientKey::from_words(s.client).same(&ck) && s.expires_at > secs(now)
-            });
-            match live {
-                Some((n, seen)) => (n, key_of(seen.key), true),
-                None => {
-                    let n = self
-                        .take_slot(&mut w)
-                        .ok_or_else(|| DbError::from("the handle registry is full".to_string()))?;
-                    (n, self.new_key()?, false)
-                }
-            }
-        };
-        let handle = self.text(&key, n);
         let record = HandleRecord {
             token: token.into(),
             client: client.into(),
@@ -576,31 +593,58 @@ impl Registry {
             limits: limits.clone(),
             alive_until: expires_at,
         };
-        let stored = store(&handle, &record, &session);
-        let mut w = self.write();
-        if let Err(e) = stored {
-            if !existing {
-                w.free.push(n);
+        for _ in 0..3 {
+            let key = self.new_key()?;
+            let (n, existing) = {
+                let mut w = self.write();
+                let live = self.slots_of(&w, token).into_iter().find(|(_, s)| {
+                    ClientKey::from_words(s.client).same(&ck) && s.expires_at > secs(now)
+                });
+                match live {
+                    Some((n, seen)) => (n, Some(key_of(seen.key))),
+                    None => (
+                        self.take_slot(&mut w).ok_or_else(|| {
+                            DbError::from("the handle registry is full".to_string())
+                        })?,
+                        None,
+                    ),
+                }
+            };
+            meanwhile();
+            if let Some(key) = existing {
+                let handle = self.text(&key, n);
+                let renewed = match db {
+                    Some(db) => db.renew_handle(&handle, &record, &session)?,
+                    None => true,
+                };
+                let mut w = self.write();
+                let held = self
+                    .slots
+                    .read(n)
+                    .is_some_and(|s| s.used() && same(s.key, words(&key)));
+                if renewed && held {
+                    self.slots.renew(n, secs(expires_at));
+                    self.set_limits(&mut w, token, limits);
+                    return Ok((handle, expires_at));
+                }
+                // Ended meanwhile; its record goes (or went) with it.
+                continue;
             }
-            return Err(e);
+            let handle = self.text(&key, n);
+            if let Some(db) = db {
+                if let Err(e) = db.put_handle(&handle, &record, &session) {
+                    self.write().free.push(n);
+                    return Err(e);
+                }
+            }
+            let mut w = self.write();
+            self.put(&mut w, n, key, token, ck, secs(expires_at), limits.clone());
+            self.set_limits(&mut w, token, limits);
+            return Ok((handle, expires_at));
         }
-        let seen = self.slots.read(n).filter(|s| s.used());
-        match seen {
-            Some(s) if same(s.key, words(&key)) => self.slots.renew(n, secs(expires_at)),
-            Some(_) => {
-                // Revoked or expired since, and the slot given to another handle: the record just
-                // stored names a slot that is not this handle's; it resolves to nothing.
-                return Err(DbError::from(
-                    "the handle was ended while it was registered again".to_string(),
-                ));
-            }
-            None => {
-                w.free.retain(|&f| f != n);
-                self.put(&mut w, n, key, token, ck, secs(expires_at), limits.clone());
-            }
-        }
-        self.set_limits(&mut w, token, limits);
-        Ok((handle, expires_at))
+        Err(DbError::from(
+            "the handle was ended each time it was registered again".to_string(),
+        ))
     }
 
     /// Sets the limits of every handle of `token`.
@@ -681,15 +725,14 @@ impl Registry {
 
     /// Ends every handle of `token`; returns how many.
     pub fn revoke(&self, db: &Db, token: &str) -> Result<usize, DbError> {
-        let ended: Vec<String> = {
+        let ended: Vec<(String, u32)> = {
             let mut w = self.write();
             self.slots_of(&w, token)
                 .into_iter()
-                .map(|(n, seen)| self.free(&mut w, n, &seen, token))
+                .map(|(n, seen)| (self.free(&mut w, n, &seen, token), n))
                 .collect()
         };
-        db.remove_handles(&ended)?;
-        Ok(ended.len())
+        self.reuse(ended, db)
     }
 
     /// The used slots below the high-water mark, with copies of them.
@@ -726,6 +769,8 @@ impl Registry {
             return Ok(0);
         }
         db.refresh_handles(&refreshed)?;
+        // Under the writer lock, so that no slot is refilled between the check and the mark.
+        let _w = self.write();
         for (n, seen) in &at {
             if self.slots.unchanged(*n, seen) {
                 self.slots.set_persisted(*n, seen.expires_at);
@@ -736,7 +781,7 @@ impl Registry {
 
     /// Removes expired handles from memory and the database; returns how many.
     pub fn prune(&self, db: &Db, now: u64) -> Result<usize, DbError> {
-        let ended: Vec<String> = {
+        let ended: Vec<(String, u32)> = {
             let mut w = self.write();
             let expired: Vec<(u32, Seen)> = self
                 .used(w.next)
@@ -746,12 +791,11 @@ impl Registry {
                 .into_iter()
                 .filter_map(|(n, seen)| {
                     let token = self.token_of(n, &seen)?;
-                    Some(self.free(&mut w, n, &seen, &token))
+                    Some((self.free(&mut w, n, &seen, &token), n))
                 })
                 .collect()
         };
-        db.remove_handles(&ended)?;
-        Ok(ended.len())
+        self.reuse(ended, db)
     }
 
     /// Whether any live handle stands for `token`.
@@ -1087,5 +1131,141 @@ mod tests {
             }
         });
         assert!(reg.resolve(&h, "c", 1).is_none());
+    }
+
+    fn slot_of(reg: &Registry, h: &str) -> Option<u32> {
+        let (k, m) = parse(h)?;
+        m.map(|m| m ^ reg.mask_of(&k))
+    }
+
+    /// A handle registered again while a revoke ends it and another registration takes its slot:
+    /// the registration issues a new handle, and the database keeps one record per slot, so both
+    /// live handles (and not the ended one) come back after a restart.
+    #[test]
+    fn registering_again_across_a_revoke_issues_a_new_handle() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("s.redb");
+        let (ended, theirs, mine);
+        {
+            let db = Db::open(&path).expect("db");
+            let reg = Registry::load(&db, Duration::from_secs(100), 0).expect("load");
+            ended = reg
+                .register(&db, "tok", "c", Limits::default(), 0)
+                .expect("a")
+                .0;
+            let mut other = None;
+            let mut race = || {
+                if other.is_none() {
+                    reg.revoke(&db, "tok").expect("revoke");
+                    let h = reg.register(&db, "other", "d", Limits::default(), 1);
+                    other = Some(h.expect("other").0);
+                }
+            };
+            mine = reg
+                .register_with(Some(&db), "tok", "c", Limits::default(), 1, &mut race)
+                .expect("registered afresh")
+                .0;
+            theirs = other.expect("other");
+            assert_eq!(
+                slot_of(&reg, &ended),
+                slot_of(&reg, &theirs),
+                "the slot is reused"
+            );
+            assert_ne!(mine, ended);
+            assert!(reg.resolve(&mine, "c", 2).is_some());
+            assert!(reg.resolve(&ended, "c", 2).is_none());
+            let mut stored: Vec<String> =
+                db.handles().expect("h").into_iter().map(|h| h.0).collect();
+            stored.sort();
+            let mut expected = vec![mine.clone(), theirs.clone()];
+            expected.sort();
+            assert_eq!(stored, expected, "one record per live handle");
+        }
+        let db = Db::open(&path).expect("db");
+        let reg = Registry::load(&db, Duration::from_secs(100), 2).expect("reload");
+        assert!(reg.resolve(&mine, "c", 3).is_some());
+        assert!(reg.resolve(&theirs, "d", 3).is_some());
+        assert!(reg.resolve(&ended, "c", 3).is_none());
+    }
+
+    /// A handle of the earlier form registered again across a revoke: a new handle that resolves.
+    #[test]
+    fn an_earlier_handle_registered_across_a_revoke_is_replaced() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("s.redb");
+        let old = URL_SAFE_NO_PAD.encode([7u8; 16]);
+        {
+            let db = Db::open(&path).expect("db");
+            let record = HandleRecord {
+                token: "tok".into(),
+                client: "c".into(),
+                expires_at: 100,
+            };
+            let session = SessionRecord {
+                limits: Limits::default(),
+                alive_until: 100,
+            };
+            db.put_handle(&old, &record, &session).expect("put");
+        }
+        let db = Db::open(&path).expect("db");
+        let reg = Registry::load(&db, Duration::from_secs(100), 10).expect("load");
+        let mut revoked = false;
+        let mut race = || {
+            if !revoked {
+                reg.revoke(&db, "tok").expect("revoke");
+                revoked = true;
+            }
+        };
+        let (h, _) = reg
+            .register_with(Some(&db), "tok", "c", Limits::default(), 20, &mut race)
+            .expect("registered");
+        assert_ne!(h, old);
+        assert!(reg.resolve(&h, "c", 21).is_some());
+        assert!(reg.resolve(&old, "c", 21).is_none());
+        let stored: Vec<String> = db.handles().expect("h").into_iter().map(|h| h.0).collect();
+        assert_eq!(stored, vec![h]);
+    }
+
+    /// Of two records naming one slot (not written by this version, but maybe in a database), the
+    /// one that expires last is kept and the other removed at load, whichever sorts first.
+    #[test]
+    fn two_records_of_one_slot_keep_the_later() {
+        for (first_expires, second_expires) in [(500, 900), (900, 500)] {
+            let dir = tempfile::tempdir().expect("dir");
+            let path = dir.path().join("s.redb");
+            let mask = Registry::load(&Db::open(&path).expect("db"), Duration::from_secs(9), 0)
+                .expect("load")
+                .mask;
+            let db = Db::open(&path).expect("db");
+            let slot_text = |fill: u8| {
+                let mut bytes = [fill; 20];
+                let m = mask.new_mask(&[fill; 16]).expect("mask");
+                bytes[16..].copy_from_slice(
+                    &(7 ^ u32::from_le_bytes([m[0], m[1], m[2], m[3]])).to_le_bytes(),
+                );
+                URL_SAFE_NO_PAD.encode(bytes)
+            };
+            // "AQEB..." sorts before "yMjI...".
+            let (first, second) = (slot_text(1), slot_text(200));
+            for (text, expires_at) in [(&first, first_expires), (&second, second_expires)] {
+                let record = HandleRecord {
+                    token: text.clone(),
+                    client: "c".into(),
+                    expires_at,
+                };
+                let session = SessionRecord::default();
+                db.put_handle(text, &record, &session).expect("put");
+            }
+            let reg = Registry::load(&db, Duration::from_secs(100), 1).expect("reload");
+            let (kept, gone) = if first_expires > second_expires {
+                (&first, &second)
+            } else {
+                (&second, &first)
+            };
+            assert!(reg.resolve(kept, "c", 2).is_some());
+            assert!(reg.resolve(gone, "c", 2).is_none());
+            let stored: Vec<String> = db.handles().expect("h").into_iter().map(|h| h.0).collect();
+            assert_eq!(stored, vec![kept.clone()]);
+        }
     }
 }

@@ -98,9 +98,22 @@ impl Slots {
         &segment[n % SEGMENT]
     }
 
-    /// A consistent copy of slot `n`; `None` if it was never used.
+    /// A consistent copy of slot `n`; `None` if its segment was never made.
     pub fn read(&self, n: u32) -> Option<Seen> {
-        let slot = self.slot(n)?;
+        match self.slot(n) {
+            Some(slot) => Some(Self::copy(slot)),
+            None => {
+                // Read a slot that exists all the same, so that the time a resolve takes does not
+                // tell a client probing other slot numbers which segments exist (how many handles
+                // there have been).
+                let stand_in = self.segments[0].get().map(|s| &s[n as usize % SEGMENT]);
+                std::hint::black_box(stand_in.map(Self::copy));
+                None
+            }
+        }
+    }
+
+    fn copy(slot: &Slot) -> Seen {
         loop {
             let seq = slot.seq.load(Ordering::Acquire);
             let seen = Seen {
@@ -113,7 +126,7 @@ impl Slots {
             };
             fence(Ordering::Acquire);
             if seq & 1 == 0 && slot.seq.load(Ordering::Relaxed) == seq {
-                return Some(seen);
+                return seen;
             }
             std::hint::spin_loop();
         }
