@@ -328,11 +328,42 @@ pub fn worker() -> usize {
     WORKER.with(std::cell::Cell::get)
 }
 
+/// A connection accepted by one worker for another to serve.
+type Handed = (std::net::TcpStream, SocketAddr);
+
+/// The workers of one listener, as each sees the others: how many connections each serves, and
+/// where to hand it one.
+struct Worker {
+    connections: AtomicUsize,
+    hand: mpsc::UnboundedSender<Handed>,
+}
+
+/// Counts a connection against its worker while it lives.
+struct Serving(Arc<[Worker]>, usize);
+
+impl Serving {
+    fn new(workers: &Arc<[Worker]>, n: usize) -> Serving {
+        workers[n].connections.fetch_add(1, Ordering::Relaxed);
+        Serving(workers.clone(), n)
+    }
+}
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        self.0[self.1].connections.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// Serves a public listener on one thread per core, each with its own single-threaded runtime
 /// (as nginx runs one worker process per core): a connection, its requests and the upstream
 /// connection they use stay on one thread, so a request is never handed between threads. The
 /// workers accept from the same socket; each ends when shutdown is asked for and its last
 /// connection has closed.
+///
+/// The worker that wakes first would otherwise take a whole burst of new connections (a load
+/// balancer's or a benchmark's keep-alive pool) and serve them all on one core for their whole
+/// lives, while the other cores idle: a worker that serves more than one connection over the
+/// least busy worker hands the new one to it instead. Only connections move, never requests.
 fn spawn_workers(
     listener: TcpListener,
     tls: Option<Arc<ArcSwap<TlsAcceptor>>>,
@@ -340,9 +371,19 @@ fn spawn_workers(
     shared: &Shared,
 ) -> anyhow::Result<()> {
     let listener = listener.into_std().context("the public listener")?;
+    let (hands, mut handed): (Vec<_>, Vec<_>) =
+        (0..workers()).map(|_| mpsc::unbounded_channel()).unzip();
+    let team: Arc<[Worker]> = hands
+        .into_iter()
+        .map(|hand| Worker {
+            connections: AtomicUsize::new(0),
+            hand,
+        })
+        .collect();
     for n in 1..=workers() {
         let socket = listener.try_clone().context("the public listener")?;
         let (tls, live, shared) = (tls.clone(), live.clone(), shared.clone());
+        let (team, handed) = (team.clone(), handed.remove(0));
         // Held until the worker's runtime is gone and its last access lines are written: a
         // drain does not return before that.
         let alive = shared.alive.clone();
@@ -359,7 +400,14 @@ fn spawn_workers(
                 runtime.block_on(async move {
                     let ticks = tokio::spawn(crate::access::flush_ticks());
                     match TcpListener::from_std(socket) {
-                        Ok(listener) => accept_public(listener, tls, live, shared).await,
+                        Ok(listener) => {
+                            let workers = Team {
+                                all: team,
+                                me: n - 1,
+                                handed,
+                            };
+                            accept_public(listener, workers, tls, live, shared).await
+                        }
                         Err(e) => tracing::error!(error = %e, "a worker cannot listen"),
                     }
                     ticks.abort();
@@ -375,8 +423,26 @@ fn spawn_workers(
     Ok(())
 }
 
+/// One worker of a listener, among the others.
+struct Team {
+    all: Arc<[Worker]>,
+    me: usize,
+    handed: mpsc::UnboundedReceiver<Handed>,
+}
+
+impl Team {
+    /// The worker a new connection should go to, if not this one: the least busy, when this one
+    /// serves more than one connection over it.
+    fn elsewhere(&self) -> Option<usize> {
+        let count = |n: usize| self.all[n].connections.load(Ordering::Relaxed);
+        let least = (0..self.all.len()).min_by_key(|&n| count(n))?;
+        (count(self.me) > count(least) + 1).then_some(least)
+    }
+}
+
 async fn accept_public(
     listener: TcpListener,
+    mut team: Team,
     tls: Option<Arc<ArcSwap<TlsAcceptor>>>,
     live: Live,
     shared: Shared,
@@ -385,23 +451,50 @@ async fn accept_public(
     let (mine, mut done) = mpsc::channel::<()>(1);
     let mut shutdown = shared.shutdown.clone();
     loop {
-        let (stream, peer) = tokio::select! {
+        let (stream, peer, handed) = tokio::select! {
             _ = stopped(&mut shutdown) => {
                 // From the drain on, each access line is written at once.
                 crate::access::stop_buffering();
                 break;
             }
             accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
+                Ok((stream, peer)) => (stream, peer, false),
                 Err(e) => { accept_failed(e).await; continue; }
             },
+            Some((stream, peer)) = team.handed.recv() => {
+                match tokio::net::TcpStream::from_std(stream) {
+                    Ok(stream) => (stream, peer, true),
+                    Err(e) => {
+                        tracing::warn!(%peer, error = %e, "a connection handed over is lost");
+                        continue;
+                    }
+                }
+            }
         };
         let _ = stream.set_nodelay(true);
+        let stream = match team.elsewhere().filter(|_| !handed) {
+            None => stream,
+            Some(other) => match stream.into_std() {
+                Ok(std) => match team.all[other].hand.send((std, peer)) {
+                    Ok(()) => continue,
+                    // That worker has stopped: serve it here after all.
+                    Err(mpsc::error::SendError((std, _))) => {
+                        match tokio::net::TcpStream::from_std(std) {
+                            Ok(stream) => stream,
+                            Err(_) => continue,
+                        }
+                    }
+                },
+                Err(_) => continue,
+            },
+        };
+        let serving = Serving::new(&team.all, team.me);
         let (live, shared) = (live.clone(), shared.clone());
         let tls = tls.as_ref().map(|cell| cell.load_full());
         let mine = mine.clone();
         tokio::spawn(async move {
             let _mine = mine;
+            let _serving = serving;
             let activity = Arc::new(Activity::new());
             let conn = Conn {
                 peer,
@@ -425,7 +518,7 @@ async fn accept_public(
             }
         });
     }
-    drop((listener, mine));
+    drop((listener, mine, team));
     let _ = done.recv().await;
     // This worker's access lines are written before the drain signal too.
     crate::access::flush();
@@ -540,4 +633,50 @@ where
 /// Resolves once shutdown is asked for (or the server is gone).
 pub async fn stopped(shutdown: &mut watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|stop| *stop).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn team(counts: &[usize], me: usize) -> Team {
+        let all: Arc<[Worker]> = counts
+            .iter()
+            .map(|&c| Worker {
+                connections: AtomicUsize::new(c),
+                hand: mpsc::unbounded_channel().0,
+            })
+            .collect();
+        let handed = mpsc::unbounded_channel().1;
+        Team { all, me, handed }
+    }
+
+    #[test]
+    fn a_new_connection_goes_to_the_least_busy_worker_past_a_margin_of_one() {
+        assert_eq!(team(&[5, 3], 0).elsewhere(), Some(1));
+        assert_eq!(
+            team(&[4, 3], 0).elsewhere(),
+            None,
+            "one more is even enough"
+        );
+        assert_eq!(team(&[3, 5], 0).elsewhere(), None);
+        assert_eq!(team(&[9, 2, 0], 0).elsewhere(), Some(2));
+        assert_eq!(team(&[0], 0).elsewhere(), None);
+    }
+
+    /// A burst of connections accepted by one worker ends evenly spread, each connection counted
+    /// while it lives.
+    #[test]
+    fn a_burst_taken_by_one_worker_ends_evenly_spread() {
+        let t = team(&[0, 0], 0);
+        let mut serving = Vec::new();
+        for _ in 0..64 {
+            let to = t.elsewhere().unwrap_or(t.me);
+            serving.push(Serving::new(&t.all, to));
+        }
+        let count = |n: usize| t.all[n].connections.load(Ordering::Relaxed);
+        assert_eq!((count(0), count(1)), (33, 31));
+        serving.clear();
+        assert_eq!((count(0), count(1)), (0, 0));
+    }
 }
