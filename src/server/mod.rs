@@ -328,8 +328,9 @@ pub fn worker() -> usize {
     WORKER.with(std::cell::Cell::get)
 }
 
-/// A connection accepted by one worker for another to serve.
-type Handed = (std::net::TcpStream, SocketAddr);
+/// A connection accepted by one worker for another to serve, already counted against it (so that
+/// a burst handed over before the other worker runs is not all sent the same way).
+type Handed = (std::net::TcpStream, SocketAddr, Serving);
 
 /// The workers of one listener, as each sees the others: how many connections each serves, and
 /// where to hand it one.
@@ -440,6 +441,25 @@ impl Team {
     }
 }
 
+/// Hands a connection just accepted to a less busy worker, if one should take it; the stream
+/// back if this worker is to serve it.
+fn hand_over(
+    team: &Team,
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+) -> Option<tokio::net::TcpStream> {
+    let Some(other) = team.elsewhere() else {
+        return Some(stream);
+    };
+    let std = stream.into_std().ok()?;
+    let serving = Serving::new(&team.all, other);
+    match team.all[other].hand.send((std, peer, serving)) {
+        Ok(()) => None,
+        // That worker has stopped: serve it here after all.
+        Err(mpsc::error::SendError((std, _, _))) => tokio::net::TcpStream::from_std(std).ok(),
+    }
+}
+
 async fn accept_public(
     listener: TcpListener,
     mut team: Team,
@@ -451,19 +471,22 @@ async fn accept_public(
     let (mine, mut done) = mpsc::channel::<()>(1);
     let mut shutdown = shared.shutdown.clone();
     loop {
-        let (stream, peer, handed) = tokio::select! {
+        let (stream, peer, serving) = tokio::select! {
             _ = stopped(&mut shutdown) => {
                 // From the drain on, each access line is written at once.
                 crate::access::stop_buffering();
                 break;
             }
             accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => (stream, peer, false),
+                Ok((stream, peer)) => match hand_over(&team, stream, peer) {
+                    Some(stream) => (stream, peer, Serving::new(&team.all, team.me)),
+                    None => continue,
+                },
                 Err(e) => { accept_failed(e).await; continue; }
             },
-            Some((stream, peer)) = team.handed.recv() => {
+            Some((stream, peer, serving)) = team.handed.recv() => {
                 match tokio::net::TcpStream::from_std(stream) {
-                    Ok(stream) => (stream, peer, true),
+                    Ok(stream) => (stream, peer, serving),
                     Err(e) => {
                         tracing::warn!(%peer, error = %e, "a connection handed over is lost");
                         continue;
@@ -472,23 +495,6 @@ async fn accept_public(
             }
         };
         let _ = stream.set_nodelay(true);
-        let stream = match team.elsewhere().filter(|_| !handed) {
-            None => stream,
-            Some(other) => match stream.into_std() {
-                Ok(std) => match team.all[other].hand.send((std, peer)) {
-                    Ok(()) => continue,
-                    // That worker has stopped: serve it here after all.
-                    Err(mpsc::error::SendError((std, _))) => {
-                        match tokio::net::TcpStream::from_std(std) {
-                            Ok(stream) => stream,
-                            Err(_) => continue,
-                        }
-                    }
-                },
-                Err(_) => continue,
-            },
-        };
-        let serving = Serving::new(&team.all, team.me);
         let (live, shared) = (live.clone(), shared.clone());
         let tls = tls.as_ref().map(|cell| cell.load_full());
         let mine = mine.clone();
