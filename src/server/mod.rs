@@ -332,26 +332,23 @@ pub fn worker() -> usize {
 /// a burst handed over before the other worker runs is not all sent the same way).
 type Handed = (std::net::TcpStream, SocketAddr, Serving);
 
-/// The workers of one listener, as each sees the others: how many connections each serves, and
-/// where to hand it one.
-struct Worker {
-    connections: AtomicUsize,
-    hand: mpsc::UnboundedSender<Handed>,
-}
+/// How many connections each worker of a listener serves.
+type Counts = Arc<[AtomicUsize]>;
 
-/// Counts a connection against its worker while it lives.
-struct Serving(Arc<[Worker]>, usize);
+/// Counts a connection against its worker while it lives. It holds the counts only, not the
+/// channels, so that a connection left in a channel cannot keep that channel alive.
+struct Serving(Counts, usize);
 
 impl Serving {
-    fn new(workers: &Arc<[Worker]>, n: usize) -> Serving {
-        workers[n].connections.fetch_add(1, Ordering::Relaxed);
-        Serving(workers.clone(), n)
+    fn new(counts: &Counts, n: usize) -> Serving {
+        counts[n].fetch_add(1, Ordering::Relaxed);
+        Serving(counts.clone(), n)
     }
 }
 
 impl Drop for Serving {
     fn drop(&mut self) {
-        self.0[self.1].connections.fetch_sub(1, Ordering::Relaxed);
+        self.0[self.1].fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -372,19 +369,19 @@ fn spawn_workers(
     shared: &Shared,
 ) -> anyhow::Result<()> {
     let listener = listener.into_std().context("the public listener")?;
-    let (hands, mut handed): (Vec<_>, Vec<_>) =
-        (0..workers()).map(|_| mpsc::unbounded_channel()).unzip();
-    let team: Arc<[Worker]> = hands
-        .into_iter()
-        .map(|hand| Worker {
-            connections: AtomicUsize::new(0),
-            hand,
-        })
-        .collect();
-    for n in 1..=workers() {
+    let count = workers();
+    let (hands, handed): (Vec<_>, Vec<_>) = (0..count).map(|_| mpsc::unbounded_channel()).unzip();
+    let hands: Arc<[_]> = hands.into();
+    let counts: Counts = (0..count).map(|_| AtomicUsize::new(0)).collect();
+    for (n, handed) in (1..=count).zip(handed) {
         let socket = listener.try_clone().context("the public listener")?;
         let (tls, live, shared) = (tls.clone(), live.clone(), shared.clone());
-        let (team, handed) = (team.clone(), handed.remove(0));
+        let team = Team {
+            counts: counts.clone(),
+            hands: hands.clone(),
+            me: n - 1,
+            handed,
+        };
         // Held until the worker's runtime is gone and its last access lines are written: a
         // drain does not return before that.
         let alive = shared.alive.clone();
@@ -401,14 +398,7 @@ fn spawn_workers(
                 runtime.block_on(async move {
                     let ticks = tokio::spawn(crate::access::flush_ticks());
                     match TcpListener::from_std(socket) {
-                        Ok(listener) => {
-                            let workers = Team {
-                                all: team,
-                                me: n - 1,
-                                handed,
-                            };
-                            accept_public(listener, workers, tls, live, shared).await
-                        }
+                        Ok(listener) => accept_public(listener, team, tls, live, shared).await,
                         Err(e) => tracing::error!(error = %e, "a worker cannot listen"),
                     }
                     ticks.abort();
@@ -426,17 +416,21 @@ fn spawn_workers(
 
 /// One worker of a listener, among the others.
 struct Team {
-    all: Arc<[Worker]>,
+    counts: Counts,
+    /// Where to hand each worker a connection.
+    hands: Arc<[mpsc::UnboundedSender<Handed>]>,
     me: usize,
     handed: mpsc::UnboundedReceiver<Handed>,
 }
 
 impl Team {
-    /// The worker a new connection should go to, if not this one: the least busy, when this one
-    /// serves more than one connection over it.
+    /// The worker a new connection should go to, if not this one: the least busy of those still
+    /// accepting, when this one serves more than one connection over it.
     fn elsewhere(&self) -> Option<usize> {
-        let count = |n: usize| self.all[n].connections.load(Ordering::Relaxed);
-        let least = (0..self.all.len()).min_by_key(|&n| count(n))?;
+        let count = |n: usize| self.counts[n].load(Ordering::Relaxed);
+        let least = (0..self.counts.len())
+            .filter(|&n| n == self.me || !self.hands[n].is_closed())
+            .min_by_key(|&n| count(n))?;
         (count(self.me) > count(least) + 1).then_some(least)
     }
 }
@@ -451,12 +445,15 @@ fn hand_over(
     let Some(other) = team.elsewhere() else {
         return Some(stream);
     };
-    let std = stream.into_std().ok()?;
-    let serving = Serving::new(&team.all, other);
-    match team.all[other].hand.send((std, peer, serving)) {
+    let lost = |e: std::io::Error| tracing::warn!(%peer, error = %e, "a connection is lost");
+    let std = stream.into_std().map_err(lost).ok()?;
+    let serving = Serving::new(&team.counts, other);
+    match team.hands[other].send((std, peer, serving)) {
         Ok(()) => None,
         // That worker has stopped: serve it here after all.
-        Err(mpsc::error::SendError((std, _, _))) => tokio::net::TcpStream::from_std(std).ok(),
+        Err(mpsc::error::SendError((std, _, _))) => {
+            tokio::net::TcpStream::from_std(std).map_err(lost).ok()
+        }
     }
 }
 
@@ -470,59 +467,38 @@ async fn accept_public(
     // This worker's connections hold a sender each; the worker returns when the last is gone.
     let (mine, mut done) = mpsc::channel::<()>(1);
     let mut shutdown = shared.shutdown.clone();
+    let start = |(stream, peer, serving): (tokio::net::TcpStream, SocketAddr, Serving)| {
+        serve_public(stream, peer, serving, &tls, &live, &shared, mine.clone());
+    };
     loop {
-        let (stream, peer, serving) = tokio::select! {
+        tokio::select! {
             _ = stopped(&mut shutdown) => {
                 // From the drain on, each access line is written at once.
                 crate::access::stop_buffering();
                 break;
             }
             accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => match hand_over(&team, stream, peer) {
-                    Some(stream) => (stream, peer, Serving::new(&team.all, team.me)),
-                    None => continue,
-                },
-                Err(e) => { accept_failed(e).await; continue; }
+                Ok((stream, peer)) => {
+                    if let Some(stream) = hand_over(&team, stream, peer) {
+                        start((stream, peer, Serving::new(&team.counts, team.me)));
+                    }
+                }
+                Err(e) => accept_failed(e).await,
             },
-            Some((stream, peer, serving)) = team.handed.recv() => {
-                match tokio::net::TcpStream::from_std(stream) {
-                    Ok(stream) => (stream, peer, serving),
-                    Err(e) => {
-                        tracing::warn!(%peer, error = %e, "a connection handed over is lost");
-                        continue;
-                    }
+            Some(handed) = team.handed.recv() => {
+                if let Some(conn) = take_handed(handed) {
+                    start(conn);
                 }
             }
-        };
-        let _ = stream.set_nodelay(true);
-        let (live, shared) = (live.clone(), shared.clone());
-        let tls = tls.as_ref().map(|cell| cell.load_full());
-        let mine = mine.clone();
-        tokio::spawn(async move {
-            let _mine = mine;
-            let _serving = serving;
-            let activity = Arc::new(Activity::new());
-            let conn = Conn {
-                peer,
-                tls: tls.is_some(),
-                activity: activity.clone(),
-            };
-            let svc = move |req| {
-                let (gateway, conn) = (live.load_full(), conn.clone());
-                async move { Ok::<_, std::convert::Infallible>(gateway.serve(req, conn).await) }
-            };
-            match tls {
-                None => serve_conn(stream, svc, activity, shared).await,
-                Some(acceptor) => {
-                    match tokio::time::timeout(shared.header_timeout, acceptor.accept(stream)).await
-                    {
-                        Ok(Ok(stream)) => serve_conn(stream, svc, activity, shared).await,
-                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-                    }
-                }
-            }
-        });
+        }
+    }
+    // Connections handed over before the other workers saw this one stop are served like those
+    // accepted just before the drain: closing the channel and then emptying it leaves none in it.
+    team.handed.close();
+    while let Some(handed) = team.handed.recv().await {
+        if let Some(conn) = take_handed(handed) {
+            start(conn);
+        }
     }
     drop((listener, mine, team));
     let _ = done.recv().await;
@@ -532,6 +508,58 @@ async fn accept_public(
     // storage to be free for the next start.
     drop(live);
     drop(shared);
+}
+
+/// A connection another worker handed over, registered with this worker's runtime.
+fn take_handed(
+    (stream, peer, serving): Handed,
+) -> Option<(tokio::net::TcpStream, SocketAddr, Serving)> {
+    match tokio::net::TcpStream::from_std(stream) {
+        Ok(stream) => Some((stream, peer, serving)),
+        Err(e) => {
+            tracing::warn!(%peer, error = %e, "a connection handed over is lost");
+            None
+        }
+    }
+}
+
+/// Serves one public connection on this worker, as a task of its own.
+fn serve_public(
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    serving: Serving,
+    tls: &Option<Arc<ArcSwap<TlsAcceptor>>>,
+    live: &Live,
+    shared: &Shared,
+    mine: mpsc::Sender<()>,
+) {
+    let _ = stream.set_nodelay(true);
+    let (live, shared) = (live.clone(), shared.clone());
+    let tls = tls.as_ref().map(|cell| cell.load_full());
+    tokio::spawn(async move {
+        let _mine = mine;
+        let _serving = serving;
+        let activity = Arc::new(Activity::new());
+        let conn = Conn {
+            peer,
+            tls: tls.is_some(),
+            activity: activity.clone(),
+        };
+        let svc = move |req| {
+            let (gateway, conn) = (live.load_full(), conn.clone());
+            async move { Ok::<_, std::convert::Infallible>(gateway.serve(req, conn).await) }
+        };
+        match tls {
+            None => serve_conn(stream, svc, activity, shared).await,
+            Some(acceptor) => {
+                match tokio::time::timeout(shared.header_timeout, acceptor.accept(stream)).await {
+                    Ok(Ok(stream)) => serve_conn(stream, svc, activity, shared).await,
+                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                }
+            }
+        }
+    });
 }
 
 async fn accept_control(socket: ControlSocket, control: Arc<Control>, shared: Shared) {
@@ -645,42 +673,51 @@ pub async fn stopped(shutdown: &mut watch::Receiver<bool>) {
 mod tests {
     use super::*;
 
-    fn team(counts: &[usize], me: usize) -> Team {
-        let all: Arc<[Worker]> = counts
-            .iter()
-            .map(|&c| Worker {
-                connections: AtomicUsize::new(c),
-                hand: mpsc::unbounded_channel().0,
-            })
-            .collect();
-        let handed = mpsc::unbounded_channel().1;
-        Team { all, me, handed }
+    /// Worker `me` of a team with these counts, and the other workers' receivers (open while
+    /// they are held).
+    fn team(counts: &[usize], me: usize) -> (Team, Vec<mpsc::UnboundedReceiver<Handed>>) {
+        let (hands, mut others): (Vec<_>, Vec<_>) =
+            counts.iter().map(|_| mpsc::unbounded_channel()).unzip();
+        let handed = others.remove(me);
+        let team = Team {
+            counts: counts.iter().map(|&c| AtomicUsize::new(c)).collect(),
+            hands: hands.into(),
+            me,
+            handed,
+        };
+        (team, others)
     }
 
     #[test]
     fn a_new_connection_goes_to_the_least_busy_worker_past_a_margin_of_one() {
-        assert_eq!(team(&[5, 3], 0).elsewhere(), Some(1));
-        assert_eq!(
-            team(&[4, 3], 0).elsewhere(),
-            None,
-            "one more is even enough"
-        );
-        assert_eq!(team(&[3, 5], 0).elsewhere(), None);
-        assert_eq!(team(&[9, 2, 0], 0).elsewhere(), Some(2));
-        assert_eq!(team(&[0], 0).elsewhere(), None);
+        let elsewhere = |counts: &[usize]| team(counts, 0).0.elsewhere();
+        assert_eq!(elsewhere(&[5, 3]), Some(1));
+        assert_eq!(elsewhere(&[4, 3]), None, "one more is even enough");
+        assert_eq!(elsewhere(&[3, 5]), None);
+        assert_eq!(elsewhere(&[9, 2, 0]), Some(2));
+        assert_eq!(elsewhere(&[0]), None);
+    }
+
+    /// A worker that no longer takes connections (stopped, or never started) is passed over.
+    #[test]
+    fn a_stopped_worker_is_not_handed_connections() {
+        let (t, mut others) = team(&[5, 0], 0);
+        assert_eq!(t.elsewhere(), Some(1));
+        others.clear();
+        assert_eq!(t.elsewhere(), None, "worker 1's receiver is gone");
     }
 
     /// A burst of connections accepted by one worker ends evenly spread, each connection counted
     /// while it lives.
     #[test]
     fn a_burst_taken_by_one_worker_ends_evenly_spread() {
-        let t = team(&[0, 0], 0);
+        let (t, _others) = team(&[0, 0], 0);
         let mut serving = Vec::new();
         for _ in 0..64 {
             let to = t.elsewhere().unwrap_or(t.me);
-            serving.push(Serving::new(&t.all, to));
+            serving.push(Serving::new(&t.counts, to));
         }
-        let count = |n: usize| t.all[n].connections.load(Ordering::Relaxed);
+        let count = |n: usize| t.counts[n].load(Ordering::Relaxed);
         assert_eq!((count(0), count(1)), (33, 31));
         serving.clear();
         assert_eq!((count(0), count(1)), (0, 0));
