@@ -82,7 +82,7 @@ impl Gateway {
         registry: Arc<Registry>,
         metrics: Arc<Metrics>,
     ) -> Self {
-        let upstream = Upstream::new(&config.upstream);
+        let upstream = Upstream::new(&config.upstream, config.server.idle_timeout);
         Self {
             config,
             secret,
@@ -99,7 +99,7 @@ impl Gateway {
     pub fn reloaded(&self, config: Config, secret: Secret) -> Self {
         self.registry.set_ttl(config.uploads.handle_ttl);
         Self {
-            upstream: Upstream::new(&config.upstream),
+            upstream: Upstream::new(&config.upstream, config.server.idle_timeout),
             config,
             secret,
             store: self.store.clone(),

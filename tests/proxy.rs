@@ -541,3 +541,77 @@ async fn a_bodiless_idempotent_request_lost_on_a_pooled_connection_is_sent_again
         "a POST lost on a pooled connection is not replayed"
     );
 }
+
+/// Reads one answer head and what follows it from a raw connection (at most 4 KiB).
+async fn raw_answer(stream: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut answer = vec![0u8; 4096];
+    let n = within(15, stream.read(&mut answer))
+        .await
+        .expect("an answer");
+    String::from_utf8_lossy(&answer[..n]).into_owned()
+}
+
+/// A proxied request body that stops arriving is cut after `idle_timeout` (nginx's
+/// `client_body_timeout`), rather than holding the upstream's connection (and, behind it, one of
+/// the application's workers) for as long as the client likes.
+#[tokio::test]
+async fn a_proxied_body_that_stalls_is_408() {
+    use tokio::io::AsyncWriteExt;
+    let up = TestUpstream::start().await;
+    let gw = TestGateway::start(&up.url(), "idle_timeout = \"500ms\"\n").await;
+    let mut stream = tokio::net::TcpStream::connect(gw.addr)
+        .await
+        .expect("connect");
+    let head = b"POST /form HTTP/1.1\r\nhost: a\r\ncontent-length: 100\r\n\r\n0123456789";
+    within(5, stream.write_all(head))
+        .await
+        .expect("a tenth of the body");
+    let text = raw_answer(&mut stream).await;
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.contains("request_timeout"), "{text}");
+}
+
+/// An upstream that takes the request head and then stops reading the body gets `504` after
+/// `idle_timeout` (nginx's `proxy_send_timeout`), and the client its answer.
+#[tokio::test]
+async fn an_upstream_that_stops_reading_the_body_is_504() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let deaf = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}", deaf.local_addr().expect("addr"));
+    let held = tokio::spawn(async move {
+        let mut kept = Vec::new();
+        while let Ok((mut stream, _)) = deaf.accept().await {
+            let mut head = [0u8; 1024];
+            let _ = stream.read(&mut head).await;
+            kept.push(stream);
+        }
+    });
+    let gw = TestGateway::start(&url, "idle_timeout = \"500ms\"\n").await;
+    let stream = tokio::net::TcpStream::connect(gw.addr)
+        .await
+        .expect("connect");
+    let (mut read, mut write) = stream.into_split();
+    let size: u64 = 1 << 30;
+    let head = format!("POST /upload HTTP/1.1\r\nhost: a\r\ncontent-length: {size}\r\n\r\n");
+    // More than every buffer on the way holds; the writer stops when the gateway gives up.
+    let writer = tokio::spawn(async move {
+        write.write_all(head.as_bytes()).await?;
+        let chunk = vec![b'x'; 64 * 1024];
+        let mut sent = 0;
+        while sent < size {
+            write.write_all(&chunk).await?;
+            sent += chunk.len() as u64;
+        }
+        Ok::<_, std::io::Error>(())
+    });
+    let mut answer = vec![0u8; 4096];
+    let n = within(15, read.read(&mut answer)).await.expect("an answer");
+    let text = String::from_utf8_lossy(&answer[..n]);
+    assert!(text.starts_with("HTTP/1.1 504"), "{text}");
+    assert!(text.contains("upstream_timeout"), "{text}");
+    writer.abort();
+    held.abort();
+}

@@ -33,6 +33,10 @@ pub struct Upstream {
     address: String,
     connect_timeout: Duration,
     response_timeout: Duration,
+    /// The longest a request body may wait for its next piece from the client, or for the
+    /// upstream to take the last one (`server.idle_timeout`; nginx's `client_body_timeout` and
+    /// `proxy_send_timeout`).
+    body_timeout: Duration,
 }
 
 /// Idle keep-alive connections, one list per public worker thread and one (index 0) for every
@@ -206,7 +210,7 @@ impl http_body::Body for UpstreamBody {
 }
 
 impl Upstream {
-    pub fn new(cfg: &config::Upstream) -> Self {
+    pub fn new(cfg: &config::Upstream, body_timeout: Duration) -> Self {
         let port = cfg.authority.port_u16().unwrap_or(80);
         Self {
             pool: Arc::new(Pool {
@@ -218,6 +222,7 @@ impl Upstream {
             authority: cfg.authority.clone(),
             connect_timeout: cfg.connect_timeout,
             response_timeout: cfg.response_timeout,
+            body_timeout,
         }
     }
 
@@ -334,21 +339,44 @@ impl Upstream {
 
     /// Sends a prepared request; once its body is sent, waits at most `response_timeout` for the
     /// response headers (nginx's `proxy_read_timeout`: a long upload is not a slow upstream).
+    /// While the body goes up, each piece must come from the client, and be taken by the
+    /// upstream, within `body_timeout`: `408 request_timeout` for a client that stalls, `504
+    /// upstream_timeout` for an upstream that stops reading.
     pub async fn send(&self, req: Request<Body>) -> Result<Response<UpstreamBody>> {
         let (dropped, body_done) = tokio::sync::oneshot::channel::<()>();
         let sent = Arc::new(AtomicBool::new(false));
+        // A body already whole (none, as for most requests) has nothing to watch.
+        let progress =
+            (!http_body::Body::is_end_stream(req.body())).then(|| Arc::new(Progress::new()));
         let req = req.map(|b| {
             body::boxed(RequestBody {
                 ended: Ended::new(&b, sent.clone()),
                 inner: b,
                 dropped: Some(dropped),
+                progress: progress.clone(),
             })
         });
         let exchange = self.exchange(req, sent);
         tokio::pin!(exchange);
+        let stalled = async {
+            match &progress {
+                Some(p) => p.stalled(self.body_timeout).await,
+                None => std::future::pending().await,
+            }
+        };
         let early = tokio::select! {
             res = &mut exchange => Some(res),
             _ = body_done => None,
+            waiting_on_client = stalled => {
+                return Err(if waiting_on_client {
+                    Error::new(Kind::RequestTimeout, "the request body stalled")
+                } else {
+                    Error::new(
+                        Kind::UpstreamTimeout,
+                        format!("the upstream took no request body for {:?}", self.body_timeout),
+                    )
+                });
+            }
         };
         let answered = match early {
             Some(res) => Ok(res),
@@ -378,6 +406,47 @@ fn replay_of(req: &Request<Body>) -> Option<Request<Body>> {
     Some(copy)
 }
 
+/// When a request body on its way upstream last moved, and whether it now waits on the client
+/// (hyper asked for the next piece and the client has not sent it) or on the upstream (hyper has
+/// not asked: the upstream is not reading).
+struct Progress {
+    epoch: Instant,
+    last_millis: std::sync::atomic::AtomicU64,
+    waiting_on_client: AtomicBool,
+}
+
+impl Progress {
+    fn new() -> Self {
+        Self {
+            epoch: Instant::now(),
+            last_millis: std::sync::atomic::AtomicU64::new(0),
+            waiting_on_client: AtomicBool::new(false),
+        }
+    }
+
+    fn millis(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn moved(&self) {
+        self.last_millis.store(self.millis(), Ordering::Relaxed);
+        self.waiting_on_client.store(false, Ordering::Relaxed);
+    }
+
+    /// Resolves once the body has not moved for `limit`, with whether it was waiting on the
+    /// client then.
+    async fn stalled(&self, limit: Duration) -> bool {
+        loop {
+            let last = Duration::from_millis(self.last_millis.load(Ordering::Relaxed));
+            let deadline = self.epoch + last + limit;
+            if Instant::now() >= deadline {
+                return self.waiting_on_client.load(Ordering::Relaxed);
+            }
+            tokio::time::sleep_until(deadline.into()).await;
+        }
+    }
+}
+
 /// Marks its flag when the body it watches has been read to its end.
 struct Ended(Arc<AtomicBool>);
 
@@ -398,6 +467,7 @@ pin_project_lite::pin_project! {
         inner: Body,
         ended: Ended,
         dropped: Option<tokio::sync::oneshot::Sender<()>>,
+        progress: Option<Arc<Progress>>,
     }
 
     impl PinnedDrop for RequestBody {
@@ -421,6 +491,12 @@ impl http_body::Body for RequestBody {
         let polled = this.inner.as_mut().poll_frame(cx);
         if at_end(&polled, &*this.inner) {
             this.ended.0.store(true, Ordering::Release);
+        }
+        if let Some(progress) = this.progress {
+            match &polled {
+                Poll::Pending => progress.waiting_on_client.store(true, Ordering::Relaxed),
+                Poll::Ready(_) => progress.moved(),
+            }
         }
         polled
     }
