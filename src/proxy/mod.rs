@@ -33,9 +33,8 @@ pub struct Upstream {
     address: String,
     connect_timeout: Duration,
     response_timeout: Duration,
-    /// The longest a request body may wait for its next piece from the client, or for the
-    /// upstream to take the last one (`server.idle_timeout`; nginx's `client_body_timeout` and
-    /// `proxy_send_timeout`).
+    /// The longest a request body may wait for its next piece from the client
+    /// (`server.idle_timeout`; nginx's `client_body_timeout`).
     body_timeout: Duration,
 }
 
@@ -339,44 +338,31 @@ impl Upstream {
 
     /// Sends a prepared request; once its body is sent, waits at most `response_timeout` for the
     /// response headers (nginx's `proxy_read_timeout`: a long upload is not a slow upstream).
-    /// While the body goes up, each piece must come from the client, and be taken by the
-    /// upstream, within `body_timeout`: `408 request_timeout` for a client that stalls, `504
-    /// upstream_timeout` for an upstream that stops reading.
+    /// Each piece of the body must come from the client within `body_timeout`, whenever the
+    /// upstream asks for it (before its answer or after an early one): `408 request_timeout`
+    /// otherwise, and the upstream connection is closed.
     pub async fn send(&self, req: Request<Body>) -> Result<Response<UpstreamBody>> {
         let (dropped, body_done) = tokio::sync::oneshot::channel::<()>();
         let sent = Arc::new(AtomicBool::new(false));
-        // A body already whole (none, as for most requests) has nothing to watch.
-        let progress =
-            (!http_body::Body::is_end_stream(req.body())).then(|| Arc::new(Progress::new()));
+        let stalled = Arc::new(AtomicBool::new(false));
         let req = req.map(|b| {
             body::boxed(RequestBody {
                 ended: Ended::new(&b, sent.clone()),
                 inner: b,
                 dropped: Some(dropped),
-                progress: progress.clone(),
+                wait: Wait {
+                    limit: self.body_timeout,
+                    timer: None,
+                    armed: false,
+                    stalled: stalled.clone(),
+                },
             })
         });
         let exchange = self.exchange(req, sent);
         tokio::pin!(exchange);
-        let stalled = async {
-            match &progress {
-                Some(p) => p.stalled(self.body_timeout).await,
-                None => std::future::pending().await,
-            }
-        };
         let early = tokio::select! {
             res = &mut exchange => Some(res),
             _ = body_done => None,
-            waiting_on_client = stalled => {
-                return Err(if waiting_on_client {
-                    Error::new(Kind::RequestTimeout, "the request body stalled")
-                } else {
-                    Error::new(
-                        Kind::UpstreamTimeout,
-                        format!("the upstream took no request body for {:?}", self.body_timeout),
-                    )
-                });
-            }
         };
         let answered = match early {
             Some(res) => Ok(res),
@@ -387,6 +373,9 @@ impl Upstream {
                 Kind::UpstreamTimeout,
                 format!("no response headers within {:?}", self.response_timeout),
             )),
+            Ok(Err(_)) if stalled.load(Ordering::Acquire) => {
+                Err(Error::new(Kind::RequestTimeout, "the request body stalled"))
+            }
             Ok(res) => res,
         }
     }
@@ -406,44 +395,33 @@ fn replay_of(req: &Request<Body>) -> Option<Request<Body>> {
     Some(copy)
 }
 
-/// When a request body on its way upstream last moved, and whether it now waits on the client
-/// (hyper asked for the next piece and the client has not sent it) or on the upstream (hyper has
-/// not asked: the upstream is not reading).
-struct Progress {
-    epoch: Instant,
-    last_millis: std::sync::atomic::AtomicU64,
-    waiting_on_client: AtomicBool,
+/// How long a request body on its way upstream has waited for the client: a timer armed when the
+/// upstream asks for a piece the client has not sent, disarmed when it comes. Allocated only for
+/// a body that ever has to wait.
+struct Wait {
+    limit: Duration,
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    armed: bool,
+    /// Set when the limit was reached, for the error to say whose fault it was.
+    stalled: Arc<AtomicBool>,
 }
 
-impl Progress {
-    fn new() -> Self {
-        Self {
-            epoch: Instant::now(),
-            last_millis: std::sync::atomic::AtomicU64::new(0),
-            waiting_on_client: AtomicBool::new(false),
+impl Wait {
+    /// After the body answered `Pending`: whether the client has now kept it waiting too long.
+    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        let limit = self.limit;
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        if !self.armed {
+            timer.as_mut().reset(tokio::time::Instant::now() + limit);
+            self.armed = true;
         }
-    }
-
-    fn millis(&self) -> u64 {
-        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
-    }
-
-    fn moved(&self) {
-        self.last_millis.store(self.millis(), Ordering::Relaxed);
-        self.waiting_on_client.store(false, Ordering::Relaxed);
-    }
-
-    /// Resolves once the body has not moved for `limit`, with whether it was waiting on the
-    /// client then.
-    async fn stalled(&self, limit: Duration) -> bool {
-        loop {
-            let last = Duration::from_millis(self.last_millis.load(Ordering::Relaxed));
-            let deadline = self.epoch + last + limit;
-            if Instant::now() >= deadline {
-                return self.waiting_on_client.load(Ordering::Relaxed);
-            }
-            tokio::time::sleep_until(deadline.into()).await;
+        if timer.as_mut().poll(cx).is_pending() {
+            return false;
         }
+        self.stalled.store(true, Ordering::Release);
+        true
     }
 }
 
@@ -467,7 +445,7 @@ pin_project_lite::pin_project! {
         inner: Body,
         ended: Ended,
         dropped: Option<tokio::sync::oneshot::Sender<()>>,
-        progress: Option<Arc<Progress>>,
+        wait: Wait,
     }
 
     impl PinnedDrop for RequestBody {
@@ -492,11 +470,10 @@ impl http_body::Body for RequestBody {
         if at_end(&polled, &*this.inner) {
             this.ended.0.store(true, Ordering::Release);
         }
-        if let Some(progress) = this.progress {
-            match &polled {
-                Poll::Pending => progress.waiting_on_client.store(true, Ordering::Relaxed),
-                Poll::Ready(_) => progress.moved(),
-            }
+        if polled.is_ready() {
+            this.wait.armed = false;
+        } else if this.wait.expired(cx) {
+            return Poll::Ready(Some(Err("the request body stalled".into())));
         }
         polled
     }
