@@ -344,7 +344,6 @@ impl Upstream {
     pub async fn send(&self, req: Request<Body>) -> Result<Response<UpstreamBody>> {
         let (dropped, body_done) = tokio::sync::oneshot::channel::<()>();
         let sent = Arc::new(AtomicBool::new(false));
-        let stalled = Arc::new(AtomicBool::new(false));
         let req = req.map(|b| {
             body::boxed(RequestBody {
                 ended: Ended::new(&b, sent.clone()),
@@ -354,7 +353,6 @@ impl Upstream {
                     limit: self.body_timeout,
                     timer: None,
                     armed: false,
-                    stalled: stalled.clone(),
                 },
             })
         });
@@ -373,7 +371,7 @@ impl Upstream {
                 Kind::UpstreamTimeout,
                 format!("no response headers within {:?}", self.response_timeout),
             )),
-            Ok(Err(_)) if stalled.load(Ordering::Acquire) => {
+            Ok(Err(e)) if caused_by_stall(&e) => {
                 Err(Error::new(Kind::RequestTimeout, "the request body stalled"))
             }
             Ok(res) => res,
@@ -402,8 +400,30 @@ struct Wait {
     limit: Duration,
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
     armed: bool,
-    /// Set when the limit was reached, for the error to say whose fault it was.
-    stalled: Arc<AtomicBool>,
+}
+
+/// The error a request body ends with when its client kept it waiting too long.
+#[derive(Debug)]
+struct Stalled;
+
+impl std::fmt::Display for Stalled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the request body stalled")
+    }
+}
+
+impl std::error::Error for Stalled {}
+
+/// Whether `e` comes from a request body that stalled (hyper wraps the body's error).
+fn caused_by_stall(e: &Error) -> bool {
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        if c.is::<Stalled>() {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
 }
 
 impl Wait {
@@ -417,11 +437,7 @@ impl Wait {
             timer.as_mut().reset(tokio::time::Instant::now() + limit);
             self.armed = true;
         }
-        if timer.as_mut().poll(cx).is_pending() {
-            return false;
-        }
-        self.stalled.store(true, Ordering::Release);
-        true
+        timer.as_mut().poll(cx).is_ready()
     }
 }
 
@@ -473,7 +489,7 @@ impl http_body::Body for RequestBody {
         if polled.is_ready() {
             this.wait.armed = false;
         } else if this.wait.expired(cx) {
-            return Poll::Ready(Some(Err("the request body stalled".into())));
+            return Poll::Ready(Some(Err(Box::new(Stalled))));
         }
         polled
     }
