@@ -1048,6 +1048,21 @@ mod tests {
         assert!(reg.long.read().expect("long").is_empty());
     }
 
+    /// Stores a handle of the earlier 22-character form for token "tok" and client "c", as upgate
+    /// wrote them before, expiring at 100.
+    fn put_earlier(db: &Db, handle: &str, limits: Limits) {
+        let record = HandleRecord {
+            token: "tok".into(),
+            client: "c".into(),
+            expires_at: 100,
+        };
+        let session = SessionRecord {
+            limits,
+            alive_until: 100,
+        };
+        db.put_handle(handle, &record, &session).expect("put");
+    }
+
     /// Handles of the earlier 22-character form, read from the database, resolve and are written
     /// back under their own text.
     #[test]
@@ -1056,20 +1071,11 @@ mod tests {
         let path = dir.path().join("s.redb");
         let old = URL_SAFE_NO_PAD.encode([7u8; 16]);
         {
-            let db = Db::open(&path).expect("db");
-            let record = HandleRecord {
-                token: "tok".into(),
-                client: "c".into(),
-                expires_at: 100,
+            let two = Limits {
+                max_files: Some(2),
+                ..Limits::default()
             };
-            let session = SessionRecord {
-                limits: Limits {
-                    max_files: Some(2),
-                    ..Limits::default()
-                },
-                alive_until: 100,
-            };
-            db.put_handle(&old, &record, &session).expect("put");
+            put_earlier(&Db::open(&path).expect("db"), &old, two);
         }
         let db = Db::open(&path).expect("db");
         let reg = Registry::load(&db, Duration::from_secs(100), 10).expect("load");
@@ -1195,17 +1201,7 @@ mod tests {
         let path = dir.path().join("s.redb");
         let old = URL_SAFE_NO_PAD.encode([7u8; 16]);
         {
-            let db = Db::open(&path).expect("db");
-            let record = HandleRecord {
-                token: "tok".into(),
-                client: "c".into(),
-                expires_at: 100,
-            };
-            let session = SessionRecord {
-                limits: Limits::default(),
-                alive_until: 100,
-            };
-            db.put_handle(&old, &record, &session).expect("put");
+            put_earlier(&Db::open(&path).expect("db"), &old, Limits::default());
         }
         let db = Db::open(&path).expect("db");
         let reg = Registry::load(&db, Duration::from_secs(100), 10).expect("load");

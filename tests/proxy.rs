@@ -542,24 +542,10 @@ async fn a_bodiless_idempotent_request_lost_on_a_pooled_connection_is_sent_again
     );
 }
 
-/// Reads one answer head and what follows it from a raw connection (at most 4 KiB).
-async fn raw_answer(stream: &mut tokio::net::TcpStream) -> String {
-    use tokio::io::AsyncReadExt;
-    let mut answer = vec![0u8; 4096];
-    let n = within(15, stream.read(&mut answer))
-        .await
-        .expect("an answer");
-    String::from_utf8_lossy(&answer[..n]).into_owned()
-}
-
-/// A proxied request body that stops arriving is cut after `idle_timeout` (nginx's
-/// `client_body_timeout`), rather than holding the upstream's connection (and, behind it, one of
-/// the application's workers) for as long as the client likes.
-#[tokio::test]
-async fn a_proxied_body_that_stalls_is_408() {
-    use tokio::io::AsyncWriteExt;
-    let up = TestUpstream::start().await;
-    let gw = TestGateway::start(&up.url(), "idle_timeout = \"500ms\"\n").await;
+/// Sends a gateway a `POST` head announcing 100 bytes and only the first 10 of them, then reads
+/// the answer head and what follows it (at most 4 KiB); the connection stays open.
+async fn stall_a_body(gw: &TestGateway) -> (tokio::net::TcpStream, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(gw.addr)
         .await
         .expect("connect");
@@ -567,7 +553,22 @@ async fn a_proxied_body_that_stalls_is_408() {
     within(5, stream.write_all(head))
         .await
         .expect("a tenth of the body");
-    let text = raw_answer(&mut stream).await;
+    let mut answer = vec![0u8; 4096];
+    let n = within(15, stream.read(&mut answer))
+        .await
+        .expect("an answer");
+    let text = String::from_utf8_lossy(&answer[..n]).into_owned();
+    (stream, text)
+}
+
+/// A proxied request body that stops arriving is cut after `idle_timeout` (nginx's
+/// `client_body_timeout`), rather than holding the upstream's connection (and, behind it, one of
+/// the application's workers) for as long as the client likes.
+#[tokio::test]
+async fn a_proxied_body_that_stalls_is_408() {
+    let up = TestUpstream::start().await;
+    let gw = TestGateway::start(&up.url(), "idle_timeout = \"500ms\"\n").await;
+    let (_stream, text) = stall_a_body(&gw).await;
     assert!(text.starts_with("HTTP/1.1 408"), "{text}");
     assert!(text.contains("request_timeout"), "{text}");
 }
@@ -598,14 +599,7 @@ async fn a_body_stalled_after_an_early_answer_lets_the_upstream_go() {
         let _ = released.send(());
     });
     let gw = TestGateway::start(&url, "idle_timeout = \"500ms\"\n").await;
-    let mut client = tokio::net::TcpStream::connect(gw.addr)
-        .await
-        .expect("connect");
-    let head = b"POST /form HTTP/1.1\r\nhost: a\r\ncontent-length: 100\r\n\r\n0123456789";
-    within(5, client.write_all(head))
-        .await
-        .expect("a tenth of the body");
-    let text = raw_answer(&mut client).await;
+    let (_client, text) = stall_a_body(&gw).await;
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
     within(10, let_go)
         .await
