@@ -293,15 +293,7 @@ impl Registry {
                 ignored.push(self.free(&mut w, slot, &held, &token));
             }
             w.next = w.next.max(slot + 1);
-            self.put(
-                &mut w,
-                slot,
-                key,
-                &record.token,
-                client,
-                secs(record.expires_at),
-                limits,
-            );
+            self.put_stored(&mut w, slot, key, &record, client, limits);
         }
         w.free = (0..w.next)
             .rev()
@@ -312,15 +304,7 @@ impl Registry {
                 ignored.push(URL_SAFE_NO_PAD.encode(key));
                 continue;
             };
-            self.put(
-                &mut w,
-                slot,
-                key,
-                &record.token,
-                client,
-                secs(record.expires_at),
-                limits,
-            );
+            self.put_stored(&mut w, slot, key, &record, client, limits);
             self.strays
                 .write()
                 .unwrap_or_else(PoisonError::into_inner)
@@ -454,6 +438,20 @@ impl Registry {
             .or_default()
             .push(n);
         w.live += 1;
+    }
+
+    /// Fills slot `n` with a handle as the database holds it.
+    fn put_stored(
+        &self,
+        w: &mut Writer,
+        n: u32,
+        key: Key,
+        record: &HandleRecord,
+        client: ClientKey,
+        limits: Limits,
+    ) {
+        let expires_at = secs(record.expires_at);
+        self.put(w, n, key, &record.token, client, expires_at, limits);
     }
 
     /// Empties slot `n` (seen as `seen`), returning its handle's text. The slot goes back to the
