@@ -275,7 +275,8 @@ fn digits(out: &mut String, mut n: u64, width: usize) {
         }
     }
     let start = start.min(buf.len().saturating_sub(width));
-    out.extend(buf[start..].iter().map(|&b| char::from(b)));
+    // ASCII digits only, so always UTF-8.
+    out.push_str(std::str::from_utf8(&buf[start..]).unwrap_or_default());
 }
 
 impl Drop for Exchange {

@@ -155,6 +155,8 @@ async fn respond(
     } = opened;
     let etag = range::etag(len, modified, file.etag_extra);
     let mut res = Response::new(body::empty());
+    // Room for every header of a file answer and the gateway's own: none is added by growing.
+    *res.headers_mut() = HeaderMap::with_capacity(16);
     let h = res.headers_mut();
     h.insert(
         header::X_CONTENT_TYPE_OPTIONS,
@@ -197,7 +199,9 @@ async fn respond(
         }
         RangeOutcome::Unsatisfiable => return Ok(unsatisfiable(res, len)),
     };
-    describe(res.headers_mut(), file, count);
+    // A body held whole has an exact length, which hyper writes as Content-Length itself.
+    let held_whole = method == Method::GET && whole.is_some();
+    describe(res.headers_mut(), file, (!held_whole).then_some(count));
     if method == Method::GET {
         *res.body_mut() = match (whole, handle) {
             (Some(bytes), _) => body::full(bytes.slice(range_of(start, count))),
@@ -491,12 +495,14 @@ pub(crate) fn open_error(e: io::Error) -> Error {
     }
 }
 
-/// Content-Type, Content-Length and Content-Disposition of a 200 or 206.
-fn describe(h: &mut HeaderMap, file: &Serve<'_>, count: u64) {
+/// Content-Type, Content-Length (when given) and Content-Disposition of a 200 or 206.
+fn describe(h: &mut HeaderMap, file: &Serve<'_>, length: Option<u64>) {
     let content_type = HeaderValue::from_str(file.content_type)
         .unwrap_or(HeaderValue::from_static("application/octet-stream"));
     h.insert(header::CONTENT_TYPE, content_type);
-    h.insert(header::CONTENT_LENGTH, HeaderValue::from(count));
+    if let Some(length) = length {
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+    }
     if let Some((kind, name)) = file.disposition {
         insert(
             h,

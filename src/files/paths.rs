@@ -29,8 +29,10 @@ pub fn route_rest<'a>(path: &'a str, route: &str) -> Option<&'a str> {
 /// As above; the detail says which rule the path broke.
 pub fn media_relative(raw: &str) -> Result<String> {
     let bad = |why: &str| Err(Error::new(Kind::BadRequest, format!("media path: {why}")));
-    let lower = raw.to_ascii_lowercase();
-    if lower.contains("%2f") || lower.contains("%5c") {
+    let encoded_slash = raw.as_bytes().windows(3).any(|w| {
+        w[0] == b'%' && (w[1..].eq_ignore_ascii_case(b"2f") || w[1..].eq_ignore_ascii_case(b"5c"))
+    });
+    if encoded_slash {
         return bad("an encoded slash or backslash");
     }
     let Ok(decoded) = percent_decode_str(raw).decode_utf8() else {
@@ -39,21 +41,23 @@ pub fn media_relative(raw: &str) -> Result<String> {
     if decoded.contains('\\') || decoded.chars().any(char::is_control) {
         return bad("a backslash, NUL or control character");
     }
-    let mut segments = Vec::new();
-    for segment in decoded.split('/') {
-        match segment {
-            "" => {}
-            "." | ".." => return bad("a . or .. segment"),
-            s => segments.push(s),
-        }
+    if decoded.split('/').any(|s| s == "." || s == "..") {
+        return bad("a . or .. segment");
     }
-    if segments.is_empty() || decoded.ends_with('/') {
+    if decoded.split('/').all(str::is_empty) || decoded.ends_with('/') {
         return Err(Error::new(
             Kind::NotFound,
             "no such file (folders are not listed)",
         ));
     }
-    Ok(segments.join("/"))
+    // Empty segments (`a//b`, the leading `/`) are dropped. Past its leading `/`, a path has
+    // none as a rule, and is copied as it is (every media request comes here).
+    let relative = decoded.strip_prefix('/').unwrap_or(&decoded);
+    if relative.split('/').any(str::is_empty) {
+        let segments: Vec<&str> = relative.split('/').filter(|s| !s.is_empty()).collect();
+        return Ok(segments.join("/"));
+    }
+    Ok(relative.to_owned())
 }
 
 /// Whether `relative` (from [`media_relative`]) lies in the public folder. The prefix is a
@@ -106,6 +110,9 @@ mod tests {
     fn media_paths_that_resolve() {
         let ok = |raw: &str| media_relative(raw).unwrap();
         assert_eq!(ok("/a.pdf"), "a.pdf");
+        assert_eq!(ok("a.pdf"), "a.pdf");
+        assert_eq!(ok("/a/b/c.pdf"), "a/b/c.pdf");
+        assert_eq!(ok("/a//b"), "a/b");
         assert_eq!(ok("/invoices/42.pdf"), "invoices/42.pdf");
         assert_eq!(ok("//invoices///42.pdf"), "invoices/42.pdf");
         assert_eq!(ok("/my%20file%C3%A9.pdf"), "my fileé.pdf");
