@@ -206,9 +206,12 @@ impl Gateway {
         )
         .await?;
         let files = &self.config.files;
-        let accel = directives::take_accel(res.headers_mut(), &files.route, &files.media_route)
-            .map_err(|e| Error::new(Kind::BadUpstreamDirective, e))?;
-        self.apply_directives(res.headers_mut(), ctx).await?;
+        let mut accel = None;
+        if directives::present(res.headers()) {
+            accel = directives::take_accel(res.headers_mut(), &files.route, &files.media_route)
+                .map_err(|e| Error::new(Kind::BadUpstreamDirective, e))?;
+            self.apply_directives(res.headers_mut(), ctx).await?;
+        }
         match accel {
             Some(target) => files::routes::accel(self, &method, &conditional, res, target).await,
             None => Ok(proxy::into_client_response(res)),

@@ -153,6 +153,15 @@ pub fn accept(list: &str) -> Result<Vec<String>, String> {
     Ok(out)
 }
 
+/// Whether a response carries a header [`take`] or [`take_accel`] acts on. One pass over its
+/// names: most responses carry none, and looking each directive up costs more.
+pub fn present(headers: &HeaderMap) -> bool {
+    headers.keys().any(|k| {
+        let k = k.as_str();
+        k.starts_with("x-upgate-") || k == X_ACCEL_REDIRECT || k == X_SENDFILE
+    })
+}
+
 pub const X_ACCEL_REDIRECT: HeaderName = HeaderName::from_static("x-accel-redirect");
 /// Apache's and lighttpd's name for the same directive; here it takes the same paths.
 pub const X_SENDFILE: HeaderName = HeaderName::from_static("x-sendfile");
@@ -244,6 +253,38 @@ pub fn accel_target(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `present` sees every header `take` and `take_accel` act on, and only those.
+    #[test]
+    fn present_sees_every_directive() {
+        let with = |name: &str| {
+            let mut h = HeaderMap::new();
+            h.insert("content-type", HeaderValue::from_static("text/plain"));
+            h.insert(
+                HeaderName::from_bytes(name.as_bytes()).expect("name"),
+                HeaderValue::from_static("x"),
+            );
+            h
+        };
+        for name in [
+            "x-upgate-register",
+            "x-upgate-revoke",
+            "X-Upgate-Anything",
+            "x-accel-redirect",
+            "X-Sendfile",
+        ] {
+            assert!(present(&with(name)), "{name}");
+        }
+        for name in [
+            "x-upgate",
+            "x-accel-redirects",
+            "x-sendfile2",
+            "x-upload-session",
+        ] {
+            assert!(!present(&with(name)), "{name}");
+        }
+        assert!(!present(&HeaderMap::new()));
+    }
 
     #[test]
     fn register_with_parameters() {
