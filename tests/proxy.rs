@@ -605,3 +605,129 @@ async fn a_body_stalled_after_an_early_answer_lets_the_upstream_go() {
         .await
         .expect("the upstream connection is let go");
 }
+
+/// A gateway of its own whose `upstream.response_timeout` is `timeout` (the upstream table is
+/// the one changed, so the shared helper's extra text cannot set it).
+async fn gateway_with_response_timeout(
+    upstream: &str,
+    timeout: &str,
+) -> (upgate::server::Running, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_secret(dir.path());
+    let text = config_text(dir.path(), upstream, "").replace(
+        "response_timeout = \"10s\"",
+        &format!("response_timeout = \"{timeout}\""),
+    );
+    assert!(text.contains(timeout), "{text}");
+    let config = upgate::config::Config::from_file(
+        upgate::config::parse_file(&text).expect("parse"),
+        dir.path(),
+    )
+    .expect("config");
+    let running = within(10, upgate::cli::start(config)).await.expect("start");
+    (running, dir)
+}
+
+/// Sends `POST /form` with a body of `len` zero bytes (written by a task of its own, as fast as
+/// the gateway takes them) and returns the start of the answer.
+async fn post_zeros(addr: std::net::SocketAddr, len: usize, secs: u64) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (mut read, mut write) = stream.into_split();
+    tokio::spawn(async move {
+        let head = format!("POST /form HTTP/1.1\r\nhost: a\r\ncontent-length: {len}\r\n\r\n");
+        let _ = write.write_all(head.as_bytes()).await;
+        let chunk = vec![0u8; 64 * 1024];
+        let mut left = len;
+        while left > 0 {
+            let n = left.min(chunk.len());
+            if write.write_all(&chunk[..n]).await.is_err() {
+                return;
+            }
+            left -= n;
+        }
+        // Held open until the answer is read.
+        tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+    });
+    let mut answer = vec![0u8; 4096];
+    let n = within(secs, read.read(&mut answer))
+        .await
+        .expect("an answer");
+    String::from_utf8_lossy(&answer[..n]).into_owned()
+}
+
+/// An upstream that takes a request's head and then reads no more of it is let go after
+/// `response_timeout` with the body still unsent (nginx's `proxy_send_timeout`): `504
+/// upstream_timeout`, rather than the request and the upstream's connection held for good.
+#[tokio::test]
+async fn an_upstream_that_stops_reading_the_body_is_504() {
+    use tokio::io::AsyncReadExt;
+    let upstream = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}", upstream.local_addr().expect("addr"));
+    tokio::spawn(async move {
+        let (mut stream, _) = upstream.accept().await.expect("accept");
+        let mut head = vec![0u8; 4096];
+        let _ = stream.read(&mut head).await;
+        // Reads nothing more, and keeps the connection open.
+        tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+        drop(stream);
+    });
+    let (running, _dir) = gateway_with_response_timeout(&url, "1s").await;
+    // Far more than the sockets' buffers between the gateway and the upstream hold.
+    let text = post_zeros(running.http[0], 256 << 20, 20).await;
+    assert!(text.starts_with("HTTP/1.1 504"), "{text}");
+    assert!(text.contains("upstream_timeout"), "{text}");
+    running.stop();
+}
+
+/// An upstream that reads a large body slowly but steadily, pausing less than
+/// `response_timeout` between reads, is never cut, though the whole body takes longer.
+#[tokio::test]
+async fn an_upstream_that_reads_slowly_but_steadily_gets_the_whole_body() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let len = 48usize << 20;
+    let upstream = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}", upstream.local_addr().expect("addr"));
+    tokio::spawn(async move {
+        let (mut stream, _) = upstream.accept().await.expect("accept");
+        let mut buf = vec![0u8; 1 << 20];
+        let mut seen = Vec::new();
+        // The head, then the body a mebibyte at a time with a pause between reads.
+        let body_start = loop {
+            let n = stream.read(&mut buf).await.expect("read");
+            seen.extend_from_slice(&buf[..n]);
+            if let Some(i) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+        };
+        let mut got = seen.len() - body_start;
+        while got < len {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            let mut chunk = 0;
+            while chunk < (1 << 20) && got < len {
+                let n = stream.read(&mut buf[chunk..]).await.expect("read");
+                assert!(n > 0, "the gateway closed the connection");
+                chunk += n;
+                got += n;
+            }
+        }
+        let answer = format!(
+            "HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\nread {:>4}",
+            got >> 20
+        );
+        let _ = stream.write_all(answer.as_bytes()).await;
+        tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+    });
+    // 48 reads 100 ms apart: the whole body takes well over the timeout. (The timeout is ample
+    // for what the socket buffers still hold when the last byte has left the gateway's hands:
+    // the wait for the answer starts then, as nginx's `proxy_read_timeout` does.)
+    let (running, _dir) = gateway_with_response_timeout(&url, "3s").await;
+    let text = post_zeros(running.http[0], len, 60).await;
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.ends_with("read   48"), "{text}");
+    running.stop();
+}

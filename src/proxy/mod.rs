@@ -257,6 +257,10 @@ impl Upstream {
                 }
             };
         let _ = stream.set_nodelay(true);
+        let stream = SendTimed {
+            io: stream,
+            wait: Wait::new(self.response_timeout),
+        };
         let (sender, conn) = http1::handshake(TokioIo::new(stream)).await.map_err(|e| {
             Error::new(Kind::UpstreamUnreachable, "cannot connect to the upstream").with_source(e)
         })?;
@@ -349,11 +353,7 @@ impl Upstream {
                 ended: Ended::new(&b, sent.clone()),
                 inner: b,
                 dropped: Some(dropped),
-                wait: Wait {
-                    limit: self.body_timeout,
-                    timer: None,
-                    armed: false,
-                },
+                wait: Wait::new(self.body_timeout),
             })
         });
         let exchange = self.exchange(req, sent);
@@ -371,9 +371,16 @@ impl Upstream {
                 Kind::UpstreamTimeout,
                 format!("no response headers within {:?}", self.response_timeout),
             )),
-            Ok(Err(e)) if caused_by_stall(&e) => {
+            Ok(Err(e)) if caused_by::<Stalled>(&e) => {
                 Err(Error::new(Kind::RequestTimeout, "the request body stalled"))
             }
+            Ok(Err(e)) if caused_by::<SendStalled>(&e) => Err(Error::new(
+                Kind::UpstreamTimeout,
+                format!(
+                    "the upstream read none of the request for {:?}",
+                    self.response_timeout
+                ),
+            )),
             Ok(res) => res,
         }
     }
@@ -414,11 +421,14 @@ impl std::fmt::Display for Stalled {
 
 impl std::error::Error for Stalled {}
 
-/// Whether `e` comes from a request body that stalled (hyper wraps the body's error).
-fn caused_by_stall(e: &Error) -> bool {
+/// Whether `e` has an error of type `T` among its causes, hyper's and I/O's wrappings included.
+fn caused_by<T: std::error::Error + 'static>(e: &Error) -> bool {
     let mut cause = std::error::Error::source(e);
     while let Some(c) = cause {
-        if c.is::<Stalled>() {
+        let inner = c
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::get_ref);
+        if c.is::<T>() || inner.is_some_and(|i| i.is::<T>()) {
             return true;
         }
         cause = c.source();
@@ -427,6 +437,14 @@ fn caused_by_stall(e: &Error) -> bool {
 }
 
 impl Wait {
+    fn new(limit: Duration) -> Self {
+        Self {
+            limit,
+            timer: None,
+            armed: false,
+        }
+    }
+
     /// After the body answered `Pending`: whether the client has now kept it waiting too long.
     fn expired(&mut self, cx: &mut Context<'_>) -> bool {
         let limit = self.limit;
@@ -438,6 +456,88 @@ impl Wait {
             self.armed = true;
         }
         timer.as_mut().poll(cx).is_ready()
+    }
+}
+
+/// The upstream connection's socket, timing the upstream's reading (nginx's
+/// `proxy_send_timeout`, here `upstream.response_timeout`): a write that cannot go on because
+/// the upstream has read nothing since for that long fails, the request ends `504`, and the
+/// connection is closed. Only the wait between two writes is timed, so an upstream that reads
+/// slowly but steadily is never cut, nor one that simply has nothing sent to it.
+struct SendTimed {
+    io: TcpStream,
+    wait: Wait,
+}
+
+/// The error a write to the upstream ends with when the upstream kept it waiting too long.
+#[derive(Debug)]
+struct SendStalled;
+
+impl std::fmt::Display for SendStalled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the upstream stopped reading the request")
+    }
+}
+
+impl std::error::Error for SendStalled {}
+
+impl SendTimed {
+    fn timed<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<std::io::Result<T>>,
+    ) -> Poll<std::io::Result<T>> {
+        if polled.is_ready() {
+            self.wait.armed = false;
+        } else if self.wait.expired(cx) {
+            return Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                SendStalled,
+            )));
+        }
+        polled
+    }
+}
+
+impl tokio::io::AsyncRead for SendTimed {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for SendTimed {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let polled = Pin::new(&mut self.io).poll_write(cx, buf);
+        self.timed(cx, polled)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let polled = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        self.timed(cx, polled)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
 
