@@ -731,3 +731,65 @@ async fn an_upstream_that_reads_slowly_but_steadily_gets_the_whole_body() {
     assert!(text.ends_with("read   48"), "{text}");
     running.stop();
 }
+
+/// An upstream that answers early, streaming its answer, and never reads the body: the answer
+/// reaches the client whole (each piece of it is progress on the connection, as nginx stops
+/// sending a body once the answer has come), though the body's writes wait far longer than
+/// `response_timeout`.
+#[tokio::test]
+async fn an_early_answer_streams_whole_while_the_body_waits() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let upstream = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}", upstream.local_addr().expect("addr"));
+    tokio::spawn(async move {
+        let (mut stream, _) = upstream.accept().await.expect("accept");
+        let mut head = vec![0u8; 4096];
+        let _ = stream.read(&mut head).await;
+        let _ = stream
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 50\r\n\r\n")
+            .await;
+        for piece in 0..5u8 {
+            tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+            let _ = stream.write_all(&[b'0' + piece; 10]).await;
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+    });
+    let (running, _dir) = gateway_with_response_timeout(&url, "1s").await;
+    let stream = tokio::net::TcpStream::connect(running.http[0])
+        .await
+        .expect("connect");
+    let (mut read, mut write) = stream.into_split();
+    tokio::spawn(async move {
+        let len = 256usize << 20;
+        let head = format!("POST /form HTTP/1.1\r\nhost: a\r\ncontent-length: {len}\r\n\r\n");
+        let _ = write.write_all(head.as_bytes()).await;
+        let chunk = vec![0u8; 64 * 1024];
+        while write.write_all(&chunk).await.is_ok() {}
+    });
+    let mut answer = Vec::new();
+    let mut buf = vec![0u8; 4096];
+    let whole = within(20, async {
+        loop {
+            let n = read.read(&mut buf).await.expect("read");
+            answer.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&answer);
+            if n == 0
+                || text
+                    .split_once("\r\n\r\n")
+                    .is_some_and(|(_, b)| b.len() >= 50)
+            {
+                return text.into_owned();
+            }
+        }
+    })
+    .await;
+    assert!(whole.starts_with("HTTP/1.1 200"), "{whole}");
+    let body = whole.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    assert_eq!(
+        body, "00000000001111111111222222222233333333334444444444",
+        "{whole}"
+    );
+    running.stop();
+}

@@ -460,10 +460,13 @@ impl Wait {
 }
 
 /// The upstream connection's socket, timing the upstream's reading (nginx's
-/// `proxy_send_timeout`, here `upstream.response_timeout`): a write that cannot go on because
-/// the upstream has read nothing since for that long fails, the request ends `504`, and the
-/// connection is closed. Only the wait between two writes is timed, so an upstream that reads
-/// slowly but steadily is never cut, nor one that simply has nothing sent to it.
+/// `proxy_send_timeout`, here `upstream.response_timeout`): a write that cannot go on fails once
+/// nothing has moved on the connection, either way, for that long; the request ends `504` and
+/// the connection is closed. Only a waiting write is timed, and any progress starts the count
+/// again: an upstream that reads slowly but steadily is never cut, nor one with nothing sent to
+/// it, nor an answer the upstream sends early while it leaves the body unread (each piece of the
+/// answer is progress; nginx stops sending the body then). Such a connection is closed once its
+/// answer has ended and the count runs out.
 struct SendTimed {
     io: TcpStream,
     wait: Wait,
@@ -505,7 +508,12 @@ impl tokio::io::AsyncRead for SendTimed {
         cx: &mut Context<'_>,
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_read(cx, buf)
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.io).poll_read(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.wait.armed = false;
+        }
+        polled
     }
 }
 
