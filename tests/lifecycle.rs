@@ -303,3 +303,27 @@ async fn control_on_a_private_unix_socket() {
     assert_eq!(json(&body)["dry_run"], true);
     running.stop();
 }
+
+/// A kept-alive connection idle at shutdown is closed by it, not left to its idle timeout.
+#[tokio::test]
+async fn a_drain_closes_idle_connections() {
+    let up = TestUpstream::start().await;
+    let gw = TestGateway::start(
+        &up.url(),
+        "header_timeout = \"1h\"\nidle_timeout = \"1h\"\n",
+    )
+    .await;
+    let mut kept = within(5, tokio::net::TcpStream::connect(gw.addr))
+        .await
+        .expect("connect");
+    kept.write_all(b"GET /k HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("write");
+    let mut answer = vec![0u8; 4096];
+    let n = within(10, kept.read(&mut answer)).await.expect("answer");
+    assert!(String::from_utf8_lossy(&answer[..n]).starts_with("HTTP/1.1 200"));
+    // With the idle timeout an hour away, the drain ends within its grace (20 s) only if the
+    // shutdown closes the idle connection.
+    let _dir = gw.stop().await;
+    assert!(within(5, read_until_closed(&mut kept)).await.is_empty());
+}

@@ -7,10 +7,12 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use futures_util::task::AtomicWaker;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -642,25 +644,59 @@ where
             .min(Duration::from_secs(1))
             .max(Duration::from_millis(50)),
     );
-    loop {
-        tokio::select! {
-            res = conn.as_mut() => {
-                if let Err(e) = res {
-                    tracing::debug!(error = %e, "connection ended with an error");
-                }
-                return;
+    let stop = stopped(&mut shutdown);
+    tokio::pin!(stop);
+    // The idle tick and the shutdown watch are polled when one of them woke the task, not at
+    // each of the connection's own wakes (a few a request): they wake it through `sides`.
+    let sides = Arc::new(SidesWoken {
+        woken: AtomicBool::new(true),
+        task: AtomicWaker::new(),
+    });
+    let side_waker = std::task::Waker::from(sides.clone());
+    let ended = std::future::poll_fn(|cx| {
+        loop {
+            if let Poll::Ready(res) = conn.as_mut().poll(cx) {
+                return Poll::Ready(res);
             }
-            _ = stopped(&mut shutdown), if !closing => {
-                conn.as_mut().graceful_shutdown();
-                closing = true;
+            if closing {
+                return Poll::Pending;
             }
-            _ = tick.tick(), if !closing => {
-                if activity.idle_for() >= shared.idle_timeout {
-                    conn.as_mut().graceful_shutdown();
-                    closing = true;
-                }
+            sides.task.register(cx.waker());
+            if !sides.woken.swap(false, Ordering::AcqRel) {
+                return Poll::Pending;
             }
+            let mut side_cx = std::task::Context::from_waker(&side_waker);
+            let mut close = stop.as_mut().poll(&mut side_cx).is_ready();
+            while !close && tick.poll_tick(&mut side_cx).is_ready() {
+                close = activity.idle_for() >= shared.idle_timeout;
+            }
+            if !close {
+                return Poll::Pending;
+            }
+            conn.as_mut().graceful_shutdown();
+            closing = true;
         }
+    })
+    .await;
+    if let Err(e) = ended {
+        tracing::debug!(error = %e, "connection ended with an error");
+    }
+}
+
+/// Marks that a connection's idle tick or shutdown watch woke, and wakes the connection's task.
+struct SidesWoken {
+    woken: AtomicBool,
+    task: AtomicWaker,
+}
+
+impl std::task::Wake for SidesWoken {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::Release);
+        self.task.wake();
     }
 }
 
