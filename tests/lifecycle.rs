@@ -322,8 +322,28 @@ async fn a_drain_closes_idle_connections() {
     let mut answer = vec![0u8; 4096];
     let n = within(10, kept.read(&mut answer)).await.expect("answer");
     assert!(String::from_utf8_lossy(&answer[..n]).starts_with("HTTP/1.1 200"));
+    // And an HTTP/2 one (prior knowledge), after one request.
+    let h2 = within(5, tokio::net::TcpStream::connect(gw.addr))
+        .await
+        .expect("connect");
+    let (mut send, conn) = within(
+        5,
+        hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(h2),
+        ),
+    )
+    .await
+    .expect("h2 handshake");
+    let h2_ended = tokio::spawn(conn);
+    let req = Request::get("http://x/k")
+        .body(upgate::body::empty())
+        .expect("request");
+    let res = within(10, send.send_request(req)).await.expect("h2 answer");
+    assert_eq!(res.status(), StatusCode::OK);
     // With the idle timeout an hour away, the drain ends within its grace (20 s) only if the
-    // shutdown closes the idle connection.
+    // shutdown closes both idle connections.
     let _dir = gw.stop().await;
     assert!(within(5, read_until_closed(&mut kept)).await.is_empty());
+    let _ = within(5, h2_ended).await;
 }
