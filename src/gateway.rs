@@ -59,7 +59,6 @@ pub struct Conn {
 
 /// What the gateway knows of one request once its headers are read.
 pub struct Ctx {
-    pub id: String,
     pub peer: SocketAddr,
     pub trusted_peer: bool,
     pub tls: bool,
@@ -71,7 +70,15 @@ pub struct Ctx {
     pub upload_api: bool,
     /// An allowed CORS origin of a request to upgate's own routes (cleared for upstream ones).
     pub cors_origin: Option<HeaderValue>,
+    /// The request's exchange, which also holds its id.
     pub exchange: Arc<Exchange>,
+}
+
+impl Ctx {
+    /// The request id (`X-Request-Id`).
+    pub fn id(&self) -> &str {
+        &self.exchange.id
+    }
 }
 
 impl Gateway {
@@ -247,7 +254,7 @@ impl Gateway {
         };
         let Some(client) = self.registration_client(headers, ctx)? else {
             self.metrics.registrations_without_identity.inc();
-            tracing::warn!(id = %ctx.id, "registration for a request without identity: no handle issued");
+            tracing::warn!(id = %ctx.id(), "registration for a request without identity: no handle issued");
             return Ok(());
         };
         let (registry, store) = (self.registry.clone(), self.store.clone());
@@ -346,14 +353,13 @@ impl Gateway {
         let client = identity::identity_value(req.headers(), &self.config.identity, &self.secret)
             .map(|v| self.secret.client_key(&v));
         let exchange = Arc::new(Exchange::begin(
-            id.clone(),
+            id,
             req.method().clone(),
             req.uri().path().to_string(),
             self.metrics.clone(),
             conn.activity.clone(),
         ));
         Ctx {
-            id,
             peer: conn.peer,
             trusted_peer,
             tls: conn.tls,
@@ -368,7 +374,7 @@ impl Gateway {
     /// Adds what every answer carries, and counts its body as it streams out.
     fn finish(&self, res: Response<Body>, ctx: Ctx) -> Response<Body> {
         let (mut parts, body) = res.into_parts();
-        if let Ok(v) = HeaderValue::from_str(&ctx.id) {
+        if let Ok(v) = HeaderValue::from_str(ctx.id()) {
             parts.headers.insert(headers::X_REQUEST_ID, v);
         }
         if let (Some(value), crate::config::IdentitySource::Cookie(name)) =
@@ -388,8 +394,8 @@ impl Gateway {
 
 fn log_error(ctx: &Ctx, e: &Error) {
     match e.fault() {
-        Fault::Client => tracing::info!(id = %ctx.id, error = %e, "request refused"),
-        Fault::Upstream => tracing::warn!(id = %ctx.id, error = %e, "upstream failure"),
-        Fault::Internal => tracing::error!(id = %ctx.id, error = %e, "internal error"),
+        Fault::Client => tracing::info!(id = %ctx.id(), error = %e, "request refused"),
+        Fault::Upstream => tracing::warn!(id = %ctx.id(), error = %e, "upstream failure"),
+        Fault::Internal => tracing::error!(id = %ctx.id(), error = %e, "internal error"),
     }
 }

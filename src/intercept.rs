@@ -253,7 +253,7 @@ async fn store_and_forward(
     if !matches!(&outcome, Ok(r) if r.status().is_success())
         && let Err(e) = upload::api::remove(gw, ids).await
     {
-        tracing::error!(id = %ctx.id, error = %e, "cannot remove the files of a refused forward");
+        tracing::error!(id = %ctx.id(), error = %e, "cannot remove the files of a refused forward");
     }
     outcome
 }

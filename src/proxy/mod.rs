@@ -637,7 +637,7 @@ pub fn prepare_headers(
         h.insert(HOST, v);
     }
     join_cookies(h);
-    set_header(h, headers::X_REQUEST_ID, &ctx.id);
+    set_header(h, headers::X_REQUEST_ID, ctx.id());
     if let Some(client) = &ctx.client {
         set_header(h, headers::X_UPGATE_CLIENT, client);
     }
@@ -715,7 +715,7 @@ pub async fn forward(
     match client_upgrade {
         Some(on_client) if res.status() == StatusCode::SWITCHING_PROTOCOLS => {
             let on_upstream = hyper::upgrade::on(&mut res);
-            tokio::spawn(tunnel(on_client, on_upstream, ctx.id.clone()));
+            tokio::spawn(tunnel(on_client, on_upstream, ctx.id().to_string()));
         }
         _ => headers::remove_hop_by_hop(res.headers_mut()),
     }
