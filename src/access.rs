@@ -262,8 +262,18 @@ fn millis(out: &mut String, micros: u64) {
 }
 
 /// `n` in decimal, with leading zeros up to `width` digits.
-fn digits(out: &mut String, mut n: u64, width: usize) {
-    let mut buf = [b'0'; 20];
+fn digits(out: &mut String, n: u64, width: usize) {
+    let mut buf = [0; 20];
+    let text = decimal(n, &mut buf);
+    for _ in text.len()..width {
+        out.push('0');
+    }
+    out.push_str(text);
+}
+
+/// `n` in decimal, written into `buf`: by hand, as numbers are written on every request, and
+/// the formatting machinery costs several times as much.
+pub(crate) fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &str {
     let mut start = buf.len();
     loop {
         start -= 1;
@@ -274,9 +284,8 @@ fn digits(out: &mut String, mut n: u64, width: usize) {
             break;
         }
     }
-    let start = start.min(buf.len().saturating_sub(width));
     // ASCII digits only, so always UTF-8.
-    out.push_str(std::str::from_utf8(&buf[start..]).unwrap_or_default());
+    std::str::from_utf8(&buf[start..]).unwrap_or_default()
 }
 
 impl Drop for Exchange {
@@ -318,6 +327,16 @@ impl Drop for Exchange {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn numbers_written_as_display_writes_them() {
+        for n in [0, 7, 10, 99, 1_700_000_000, u64::MAX] {
+            assert_eq!(decimal(n, &mut [0; 20]), n.to_string());
+            let mut out = String::new();
+            digits(&mut out, n, 6);
+            assert_eq!(out, format!("{n:06}"));
+        }
+    }
 
     #[test]
     fn pieces_end_at_line_ends() {

@@ -137,7 +137,7 @@ impl Secret {
     ) -> String {
         // Every proxied request signs: the numbers written by hand, not by the formatting machinery.
         let mut decimal = [0u8; 20];
-        let t = decimal_str(unix, &mut decimal);
+        let t = crate::access::decimal(unix, &mut decimal);
         // The parts of `upstream_message`, fed to the MAC without joining them first.
         let tag = self.mac(&[
             b"upstream\n",
@@ -483,21 +483,6 @@ fn parse_digits(s: &str) -> Option<u64> {
     s.parse().ok()
 }
 
-/// `n` in decimal, written into `buf`.
-fn decimal_str(mut n: u64, buf: &mut [u8; 20]) -> &str {
-    let mut start = buf.len();
-    loop {
-        start -= 1;
-        buf[start] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    // ASCII digits only.
-    std::str::from_utf8(&buf[start..]).unwrap_or_default()
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)] // tests may unwrap: a panic is the failure report
 mod tests {
@@ -597,13 +582,6 @@ mod tests {
             k,
             Secret::new(b"another secret, 32 bytes long...").client_key("alice")
         );
-    }
-
-    #[test]
-    fn decimal_str_writes_as_display_does() {
-        for n in [0, 7, 10, 99, 1_700_000_000, u64::MAX] {
-            assert_eq!(decimal_str(n, &mut [0; 20]), n.to_string());
-        }
     }
 
     #[test]

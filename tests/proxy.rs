@@ -579,13 +579,8 @@ async fn a_proxied_body_that_stalls_is_408() {
 #[tokio::test]
 async fn a_body_stalled_after_an_early_answer_lets_the_upstream_go() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let upstream = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let url = format!("http://{}", upstream.local_addr().expect("addr"));
     let (released, let_go) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(async move {
-        let (mut stream, _) = upstream.accept().await.expect("accept");
+    let url = one_connection_upstream(|mut stream| async move {
         let mut buf = vec![0u8; 8192];
         let _ = stream.read(&mut buf).await;
         let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
@@ -597,13 +592,31 @@ async fn a_body_stalled_after_an_early_answer_lets_the_upstream_go() {
             }
         }
         let _ = released.send(());
-    });
+    })
+    .await;
     let gw = TestGateway::start(&url, "idle_timeout = \"500ms\"\n").await;
     let (_client, text) = stall_a_body(&gw).await;
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
     within(10, let_go)
         .await
         .expect("the upstream connection is let go");
+}
+
+/// An upstream that serves one connection with `serve`; its URL.
+async fn one_connection_upstream<F, Fut>(serve: F) -> String
+where
+    F: FnOnce(tokio::net::TcpStream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let upstream = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}", upstream.local_addr().expect("addr"));
+    tokio::spawn(async move {
+        let (stream, _) = upstream.accept().await.expect("accept");
+        serve(stream).await;
+    });
+    url
 }
 
 /// A gateway of its own whose `upstream.response_timeout` is `timeout` (the upstream table is
@@ -628,12 +641,12 @@ async fn gateway_with_response_timeout(
     (running, dir)
 }
 
-/// Sends `POST /form` with a body of `len` zero bytes (written by a task of its own, as fast as
-/// the gateway takes them) and returns the start of the answer.
-async fn post_zeros(addr: std::net::SocketAddr, len: usize, secs: u64) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+/// Sends `POST /form` with a body of `len` zero bytes, written by a task of its own as fast as
+/// the gateway takes them; the connection's reading half, for the answer.
+async fn post_zeros(addr: std::net::SocketAddr, len: usize) -> tokio::net::tcp::OwnedReadHalf {
+    use tokio::io::AsyncWriteExt;
     let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let (mut read, mut write) = stream.into_split();
+    let (read, mut write) = stream.into_split();
     tokio::spawn(async move {
         let head = format!("POST /form HTTP/1.1\r\nhost: a\r\ncontent-length: {len}\r\n\r\n");
         let _ = write.write_all(head.as_bytes()).await;
@@ -649,11 +662,30 @@ async fn post_zeros(addr: std::net::SocketAddr, len: usize, secs: u64) -> String
         // Held open until the answer is read.
         tokio::time::sleep(std::time::Duration::from_secs(30)).await;
     });
-    let mut answer = vec![0u8; 4096];
-    let n = within(secs, read.read(&mut answer))
-        .await
-        .expect("an answer");
-    String::from_utf8_lossy(&answer[..n]).into_owned()
+    read
+}
+
+/// The answer on `read` until its body has `body_len` bytes (or the connection ends).
+async fn answer(read: &mut tokio::net::tcp::OwnedReadHalf, body_len: usize, secs: u64) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut answer = Vec::new();
+    let mut buf = vec![0u8; 4096];
+    within(secs, async {
+        loop {
+            // A reset once the gateway has answered and closed ends the answer too.
+            let n = read.read(&mut buf).await.unwrap_or(0);
+            answer.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&answer);
+            if n == 0
+                || text
+                    .split_once("\r\n\r\n")
+                    .is_some_and(|(_, b)| b.len() >= body_len)
+            {
+                return text.into_owned();
+            }
+        }
+    })
+    .await
 }
 
 /// An upstream that takes a request's head and then reads no more of it is let go after
@@ -662,21 +694,17 @@ async fn post_zeros(addr: std::net::SocketAddr, len: usize, secs: u64) -> String
 #[tokio::test]
 async fn an_upstream_that_stops_reading_the_body_is_504() {
     use tokio::io::AsyncReadExt;
-    let upstream = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let url = format!("http://{}", upstream.local_addr().expect("addr"));
-    tokio::spawn(async move {
-        let (mut stream, _) = upstream.accept().await.expect("accept");
+    let url = one_connection_upstream(|mut stream| async move {
         let mut head = vec![0u8; 4096];
         let _ = stream.read(&mut head).await;
         // Reads nothing more, and keeps the connection open.
         tokio::time::sleep(std::time::Duration::from_secs(60)).await;
-        drop(stream);
-    });
+    })
+    .await;
     let (running, _dir) = gateway_with_response_timeout(&url, "1s").await;
     // Far more than the sockets' buffers between the gateway and the upstream hold.
-    let text = post_zeros(running.http[0], 256 << 20, 20).await;
+    let mut read = post_zeros(running.http[0], 256 << 20).await;
+    let text = answer(&mut read, 1, 20).await;
     assert!(text.starts_with("HTTP/1.1 504"), "{text}");
     assert!(text.contains("upstream_timeout"), "{text}");
     running.stop();
@@ -688,12 +716,7 @@ async fn an_upstream_that_stops_reading_the_body_is_504() {
 async fn an_upstream_that_reads_slowly_but_steadily_gets_the_whole_body() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let len = 48usize << 20;
-    let upstream = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let url = format!("http://{}", upstream.local_addr().expect("addr"));
-    tokio::spawn(async move {
-        let (mut stream, _) = upstream.accept().await.expect("accept");
+    let url = one_connection_upstream(move |mut stream| async move {
         let mut buf = vec![0u8; 1 << 20];
         let mut seen = Vec::new();
         // The head, then the body a mebibyte at a time with a pause between reads.
@@ -721,12 +744,14 @@ async fn an_upstream_that_reads_slowly_but_steadily_gets_the_whole_body() {
         );
         let _ = stream.write_all(answer.as_bytes()).await;
         tokio::time::sleep(std::time::Duration::from_secs(30)).await;
-    });
+    })
+    .await;
     // 48 reads 100 ms apart: the whole body takes well over the timeout. (The timeout is ample
     // for what the socket buffers still hold when the last byte has left the gateway's hands:
     // the wait for the answer starts then, as nginx's `proxy_read_timeout` does.)
     let (running, _dir) = gateway_with_response_timeout(&url, "3s").await;
-    let text = post_zeros(running.http[0], len, 60).await;
+    let mut read = post_zeros(running.http[0], len).await;
+    let text = answer(&mut read, 9, 60).await;
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
     assert!(text.ends_with("read   48"), "{text}");
     running.stop();
@@ -739,12 +764,7 @@ async fn an_upstream_that_reads_slowly_but_steadily_gets_the_whole_body() {
 #[tokio::test]
 async fn an_early_answer_streams_whole_while_the_body_waits() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let upstream = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let url = format!("http://{}", upstream.local_addr().expect("addr"));
-    tokio::spawn(async move {
-        let (mut stream, _) = upstream.accept().await.expect("accept");
+    let url = one_connection_upstream(|mut stream| async move {
         let mut head = vec![0u8; 4096];
         let _ = stream.read(&mut head).await;
         let _ = stream
@@ -755,36 +775,11 @@ async fn an_early_answer_streams_whole_while_the_body_waits() {
             let _ = stream.write_all(&[b'0' + piece; 10]).await;
         }
         tokio::time::sleep(std::time::Duration::from_secs(30)).await;
-    });
-    let (running, _dir) = gateway_with_response_timeout(&url, "1s").await;
-    let stream = tokio::net::TcpStream::connect(running.http[0])
-        .await
-        .expect("connect");
-    let (mut read, mut write) = stream.into_split();
-    tokio::spawn(async move {
-        let len = 256usize << 20;
-        let head = format!("POST /form HTTP/1.1\r\nhost: a\r\ncontent-length: {len}\r\n\r\n");
-        let _ = write.write_all(head.as_bytes()).await;
-        let chunk = vec![0u8; 64 * 1024];
-        while write.write_all(&chunk).await.is_ok() {}
-    });
-    let mut answer = Vec::new();
-    let mut buf = vec![0u8; 4096];
-    let whole = within(20, async {
-        loop {
-            let n = read.read(&mut buf).await.expect("read");
-            answer.extend_from_slice(&buf[..n]);
-            let text = String::from_utf8_lossy(&answer);
-            if n == 0
-                || text
-                    .split_once("\r\n\r\n")
-                    .is_some_and(|(_, b)| b.len() >= 50)
-            {
-                return text.into_owned();
-            }
-        }
     })
     .await;
+    let (running, _dir) = gateway_with_response_timeout(&url, "1s").await;
+    let mut read = post_zeros(running.http[0], 256 << 20).await;
+    let whole = answer(&mut read, 50, 20).await;
     assert!(whole.starts_with("HTTP/1.1 200"), "{whole}");
     let body = whole.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
     assert_eq!(

@@ -410,16 +410,9 @@ struct Wait {
 }
 
 /// The error a request body ends with when its client kept it waiting too long.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
+#[error("the request body stalled")]
 struct Stalled;
-
-impl std::fmt::Display for Stalled {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("the request body stalled")
-    }
-}
-
-impl std::error::Error for Stalled {}
 
 /// Whether `e` has an error of type `T` among its causes, hyper's and I/O's wrappings included.
 fn caused_by<T: std::error::Error + 'static>(e: &Error) -> bool {
@@ -473,16 +466,9 @@ struct SendTimed {
 }
 
 /// The error a write to the upstream ends with when the upstream kept it waiting too long.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
+#[error("the upstream stopped reading the request")]
 struct SendStalled;
-
-impl std::fmt::Display for SendStalled {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("the upstream stopped reading the request")
-    }
-}
-
-impl std::error::Error for SendStalled {}
 
 impl SendTimed {
     fn timed<T>(
