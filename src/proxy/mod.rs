@@ -400,9 +400,10 @@ fn replay_of(req: &Request<Body>) -> Option<Request<Body>> {
     Some(copy)
 }
 
-/// How long a request body on its way upstream has waited for the client: a timer armed when the
-/// upstream asks for a piece the client has not sent, disarmed when it comes. Allocated only for
-/// a body that ever has to wait.
+/// How long something has waited: a request body on its way upstream for its client (armed when
+/// the upstream asks for a piece the client has not sent, disarmed when it comes), or a write to
+/// the upstream for the upstream ([`SendTimed`]). The timer is allocated only for what ever has
+/// to wait.
 struct Wait {
     limit: Duration,
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
@@ -438,7 +439,8 @@ impl Wait {
         }
     }
 
-    /// After the body answered `Pending`: whether the client has now kept it waiting too long.
+    /// After a `Pending`: whether the wait, counted from the first `Pending` since it was last
+    /// disarmed, has now lasted too long.
     fn expired(&mut self, cx: &mut Context<'_>) -> bool {
         let limit = self.limit;
         let timer = self
