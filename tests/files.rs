@@ -826,3 +826,49 @@ async fn readme_python_signer_mints_urls_the_gateway_serves() {
         "{url}"
     );
 }
+
+/// Content-Length over HTTP/1.1 and HTTP/2 (prior knowledge), an empty file's included: upgate
+/// leaves the length of a small file's body to hyper, which writes none for an empty body over
+/// HTTP/2.
+#[tokio::test]
+async fn content_length_over_h1_and_h2_empty_files_too() {
+    let up = TestUpstream::start().await;
+    let gw = TestGateway::start_with(&up.url(), |dir| {
+        make_media(dir);
+        std::fs::write(dir.join("media/public/empty.bin"), b"").expect("write");
+        media_config(dir)
+    })
+    .await;
+    let (res, body) = get(&gw.url("/media/public/empty.bin")).await;
+    assert_eq!(res.status, StatusCode::OK);
+    assert!(body.is_empty());
+    assert_eq!(header(&res, "content-length"), "0");
+    let tcp = within(5, tokio::net::TcpStream::connect(gw.addr))
+        .await
+        .expect("connect");
+    let (mut send, conn) = within(
+        5,
+        hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(tcp),
+        ),
+    )
+    .await
+    .expect("h2 handshake");
+    tokio::spawn(conn);
+    for (path, length) in [
+        ("/media/public/empty.bin", "0"),
+        ("/media/public/data.bin", "1000"),
+    ] {
+        let req = Request::get(format!("http://x{path}"))
+            .body(upgate::body::empty())
+            .expect("request");
+        let res = within(10, send.send_request(req)).await.expect("h2 answer");
+        assert_eq!(res.status(), StatusCode::OK);
+        let got = res
+            .headers()
+            .get("content-length")
+            .map(|v| v.to_str().expect("ascii"));
+        assert_eq!(got, Some(length), "{path} over HTTP/2");
+    }
+}

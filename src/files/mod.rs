@@ -199,8 +199,9 @@ async fn respond(
         }
         RangeOutcome::Unsatisfiable => return Ok(unsatisfiable(res, len)),
     };
-    // A body held whole has an exact length, which hyper writes as Content-Length itself.
-    let held_whole = method == Method::GET && whole.is_some();
+    // A body held whole has an exact length, which hyper writes as Content-Length itself; but
+    // not for an empty one over HTTP/2 (an ended body gets no length there), so that keeps ours.
+    let held_whole = method == Method::GET && whole.is_some() && count > 0;
     describe(res.headers_mut(), file, (!held_whole).then_some(count));
     if method == Method::GET {
         *res.body_mut() = match (whole, handle) {
