@@ -843,19 +843,7 @@ async fn content_length_over_h1_and_h2_empty_files_too() {
     assert_eq!(res.status, StatusCode::OK);
     assert!(body.is_empty());
     assert_eq!(header(&res, "content-length"), "0");
-    let tcp = within(5, tokio::net::TcpStream::connect(gw.addr))
-        .await
-        .expect("connect");
-    let (mut send, conn) = within(
-        5,
-        hyper::client::conn::http2::handshake(
-            hyper_util::rt::TokioExecutor::new(),
-            hyper_util::rt::TokioIo::new(tcp),
-        ),
-    )
-    .await
-    .expect("h2 handshake");
-    tokio::spawn(conn);
+    let (mut send, _conn) = h2_connect(gw.addr).await;
     for (path, length) in [
         ("/media/public/empty.bin", "0"),
         ("/media/public/data.bin", "1000"),

@@ -323,19 +323,7 @@ async fn a_drain_closes_idle_connections() {
     let n = within(10, kept.read(&mut answer)).await.expect("answer");
     assert!(String::from_utf8_lossy(&answer[..n]).starts_with("HTTP/1.1 200"));
     // And an HTTP/2 one (prior knowledge), after one request.
-    let h2 = within(5, tokio::net::TcpStream::connect(gw.addr))
-        .await
-        .expect("connect");
-    let (mut send, conn) = within(
-        5,
-        hyper::client::conn::http2::handshake(
-            hyper_util::rt::TokioExecutor::new(),
-            hyper_util::rt::TokioIo::new(h2),
-        ),
-    )
-    .await
-    .expect("h2 handshake");
-    let h2_ended = tokio::spawn(conn);
+    let (mut send, h2_ended) = h2_connect(gw.addr).await;
     let req = Request::get("http://x/k")
         .body(upgate::body::empty())
         .expect("request");

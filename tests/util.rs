@@ -28,6 +28,26 @@ pub async fn within<F: Future>(secs: u64, fut: F) -> F::Output {
         .unwrap_or_else(|_| panic!("timed out after {secs}s"))
 }
 
+/// An HTTP/2 connection with prior knowledge to `addr`, driven by a task of its own that ends
+/// when the connection does.
+pub async fn h2_connect(
+    addr: SocketAddr,
+) -> (
+    hyper::client::conn::http2::SendRequest<Body>,
+    tokio::task::JoinHandle<Result<(), hyper::Error>>,
+) {
+    let tcp = within(5, tokio::net::TcpStream::connect(addr))
+        .await
+        .expect("connect");
+    let (send, conn) = within(
+        5,
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp)),
+    )
+    .await
+    .expect("h2 handshake");
+    (send, tokio::spawn(conn))
+}
+
 /// A body of `len` bytes made on the fly (never held whole), with or without a known length.
 pub struct Pattern {
     remaining: u64,
