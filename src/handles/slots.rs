@@ -99,6 +99,7 @@ impl Slots {
     }
 
     /// A consistent copy of slot `n`; `None` if its segment was never made.
+    #[inline(always)]
     pub fn read(&self, n: u32) -> Option<Seen> {
         match self.slot(n) {
             Some(slot) => Some(Self::copy(slot)),
@@ -113,6 +114,7 @@ impl Slots {
         }
     }
 
+    #[inline(always)]
     fn copy(slot: &Slot) -> Seen {
         loop {
             let seq = slot.seq.load(Ordering::Acquire);
