@@ -2,17 +2,24 @@
 //! sliding expiry, kept in memory for the request path and in the state database for restarts.
 //!
 //! The request path only resolves, so the registry is laid out for that. A handle is 128 random
-//! bits and the number of its slot, masked: `b64url(r ‖ slot ⊕ AES_k(r))`, 27 characters. A
-//! resolve decodes it, unmasks the slot and reads that one slot ([`slots`]): the random bits, the
-//! client key, the expiry, the limits' number and the token (up to 71 bytes) all sit in its 128
-//! bytes, read without a lock. Nothing else is read from memory, where a hash table would read its
-//! index, then the entry, then the token. The mask keeps the slot's number from the client (it
-//! would tell how many handles are live); its key is kept in the state database, so a handle
-//! finds its slot again after a restart.
+//! bits and the number of its slot, masked: `b64url(r)` (22 characters) then `slot ⊕ SipHash_k(…)`
+//! of those characters in six base64url digits, 28 characters. A resolve reads the six digits,
+//! unmasks the slot and reads that one slot ([`slots`]): the handle's first 22 characters, the
+//! client key, the expiry, the limits' number and the token (up to 63 bytes) all sit in its 128
+//! bytes, read without a lock. The 22 characters are compared as they are, not decoded: a text
+//! upgate did not issue matches no slot. Nothing else is read from memory, where a hash table would
+//! read its index, then the entry, then the token. The mask keeps the slot's number from the client
+//! (it would tell how many handles are live); its key is derived from one kept in the state
+//! database, so a handle finds its slot again after a restart.
+//!
+//! A resolve is kept to about 300 instructions: at that size a thread's consecutive resolves
+//! overlap their loads from memory, which a resolve of 540 (decoding the handle, AES for the mask)
+//! did not, and a resolve among a million handles takes half the time.
 //!
 //! Writers (register, revoke, prune) take one lock: they find a token's slots by the token's hash,
-//! keep the free slots, and intern the limits. Handles of 22 characters (the 128 bits alone, as
-//! upgate issued them before) are still resolved, through a map of their slots.
+//! keep the free slots, and intern the limits. Handles of the earlier forms still resolve: 27
+//! characters (`b64url(r ‖ slot ⊕ AES_k(r))`, decoded) and 22 (the 128 bits alone, found through a
+//! map of their slots).
 
 mod slots;
 
@@ -92,17 +99,101 @@ fn parse(handle: &str) -> Option<(Key, Option<u32>)> {
     Some((key, masked))
 }
 
+/// The base64url digits.
+const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+
 /// The value of each base64url character; `0xFF` for every other byte.
 const B64URL: [u8; 256] = {
-    let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
     let mut table = [0xFF; 256];
     let mut i = 0;
-    while i < alphabet.len() {
-        table[alphabet[i] as usize] = i as u8;
+    while i < ALPHABET.len() {
+        table[ALPHABET[i] as usize] = i as u8;
         i += 1;
     }
     table
 };
+
+/// The lengths of the handle forms: the one issued now, and the two of earlier versions.
+const TEXT: usize = 28;
+const MASKED: usize = 27;
+const BARE: usize = 22;
+
+/// A handle as its slot holds it: its first 22 characters (all of its random bits), a zero byte
+/// and its length, which tells its form.
+type Id = [u64; 3];
+
+fn id_of(prefix: &[u8; BARE], form: usize) -> Id {
+    let mut b = [0u8; 24];
+    b[..BARE].copy_from_slice(prefix);
+    b[23] = form as u8;
+    let word = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().unwrap_or_default());
+    [word(0), word(8), word(16)]
+}
+
+fn id_bytes(id: &Id) -> [u8; 24] {
+    let mut b = [0u8; 24];
+    for (c, w) in b.chunks_exact_mut(8).zip(id) {
+        c.copy_from_slice(&w.to_le_bytes());
+    }
+    b
+}
+
+/// A masked slot number as six base64url digits (36 bits, the top four zero).
+fn slot_digits(masked: u32) -> [u8; 6] {
+    std::array::from_fn(|i| ALPHABET[(u64::from(masked) >> (30 - 6 * i)) as usize & 63])
+}
+
+/// The masked slot number of six digits; `None` unless they are base64url with the top four bits
+/// zero, so that a slot has one spelling.
+#[inline(always)]
+fn slot_of_digits(digits: &[u8; 6]) -> Option<u32> {
+    let mut bad = 0u8;
+    let n = digits.iter().fold(0u64, |n, &c| {
+        let v = B64URL[usize::from(c)];
+        bad |= v;
+        n << 6 | u64::from(v)
+    });
+    if bad & 0x80 != 0 {
+        return None;
+    }
+    u32::try_from(n).ok()
+}
+
+/// SipHash-c-d (Aumasson and Bernstein) of a 16-byte message, given as two little-endian words.
+#[inline(always)]
+fn siphash<const C: usize, const D: usize>(key: [u64; 2], message: [u64; 2]) -> u64 {
+    let mut v = [
+        key[0] ^ 0x736f_6d65_7073_6575,
+        key[1] ^ 0x646f_7261_6e64_6f6d,
+        key[0] ^ 0x6c79_6765_6e65_7261,
+        key[1] ^ 0x7465_6462_7974_6573,
+    ];
+    let round = |v: &mut [u64; 4]| {
+        v[0] = v[0].wrapping_add(v[1]);
+        v[1] = v[1].rotate_left(13) ^ v[0];
+        v[0] = v[0].rotate_left(32);
+        v[2] = v[2].wrapping_add(v[3]);
+        v[3] = v[3].rotate_left(16) ^ v[2];
+        v[0] = v[0].wrapping_add(v[3]);
+        v[3] = v[3].rotate_left(21) ^ v[0];
+        v[2] = v[2].wrapping_add(v[1]);
+        v[1] = v[1].rotate_left(17) ^ v[2];
+        v[2] = v[2].rotate_left(32);
+    };
+    // The two words, then the last block: the length (16) in the top byte.
+    for m in [message[0], message[1], 16 << 56] {
+        v[3] ^= m;
+        for _ in 0..C {
+            round(&mut v);
+        }
+        v[0] ^= m;
+    }
+    v[2] ^= 0xff;
+    for _ in 0..D {
+        round(&mut v);
+    }
+    v[0] ^ v[1] ^ v[2] ^ v[3]
+}
 
 /// Decodes the unpadded base64url of a handle (22 or 27 characters, 16 or 20 bytes) into `out`.
 /// False for any other character, padding included, and for a last character whose unused bits
@@ -131,21 +222,6 @@ fn decode<const N: usize>(text: &[u8; N], out: &mut [u8; 21]) -> bool {
     let n = bits(rest);
     out[at..at + whole].copy_from_slice(&(n >> unused).to_be_bytes()[8 - whole..]);
     (n & ((1 << unused) - 1) == 0) & (bad & 0x80 == 0)
-}
-
-fn words(key: &Key) -> [u64; 2] {
-    let (a, b) = key.split_at(8);
-    [
-        u64::from_le_bytes(a.try_into().unwrap_or_default()),
-        u64::from_le_bytes(b.try_into().unwrap_or_default()),
-    ]
-}
-
-fn key_of(words: [u64; 2]) -> Key {
-    let mut key = [0u8; 16];
-    key[..8].copy_from_slice(&words[0].to_le_bytes());
-    key[8..].copy_from_slice(&words[1].to_le_bytes());
-    key
 }
 
 /// Equality of words that takes the same time wherever they differ: XORed and ORed together,
@@ -245,9 +321,12 @@ pub struct Registry {
     limits: RwLock<Vec<Option<Arc<Limits>>>>,
     /// Tokens longer than a slot holds, by slot.
     long: RwLock<HashMap<u32, Arc<str>>>,
-    /// Handles of the 22-character form, by key: their slot.
-    strays: RwLock<HashMap<Key, u32>>,
+    /// Handles of the 22-character form: their slot.
+    strays: RwLock<HashMap<Id, u32>>,
+    /// The mask of the slots of 27-character handles.
     mask: HeaderProtectionKey,
+    /// The SipHash key of the slots' mask of handles issued now, derived from `mask`'s key.
+    sip: [u64; 2],
     hasher: Hasher,
     ttl_secs: AtomicU64,
     rng: SystemRandom,
@@ -263,13 +342,21 @@ impl Registry {
     }
 
     fn with_mask(ttl: Duration, key: &[u8; 16]) -> Registry {
+        let mask = HeaderProtectionKey::new(&AES_128, key).expect("a 16-byte AES-128 key");
+        // AES as a PRF: the SipHash key is AES_k of four blocks, four bytes of each.
+        let derived = |label: u8| {
+            let m = mask.new_mask(&[label; 16]).unwrap_or_default();
+            u64::from(u32::from_le_bytes([m[0], m[1], m[2], m[3]]))
+        };
+        let sip = [derived(1) << 32 | derived(2), derived(3) << 32 | derived(4)];
         Registry {
             slots: Slots::new(),
             writer: Mutex::default(),
             limits: RwLock::default(),
             long: RwLock::default(),
             strays: RwLock::default(),
-            mask: HeaderProtectionKey::new(&AES_128, key).expect("a 16-byte AES-128 key"),
+            mask,
+            sip,
             hasher: Hasher::default(),
             ttl_secs: AtomicU64::new(ttl.as_secs().max(1)),
             rng: SystemRandom::new(),
@@ -314,18 +401,17 @@ impl Registry {
         let mut w = self.write();
         let (mut strays, mut ignored) = (Vec::new(), Vec::new());
         for (handle, record, limits) in handles {
-            let (Some((key, masked)), Some(client)) =
-                (parse(&handle), ClientKey::new(&record.client))
+            let (Some((id, slot)), Some(client)) =
+                (self.place(&handle), ClientKey::new(&record.client))
             else {
                 tracing::warn!("a malformed handle record in the state database is removed");
                 ignored.push(handle);
                 continue;
             };
-            let Some(masked) = masked else {
-                strays.push((key, record, client, limits));
+            let Some(slot) = slot else {
+                strays.push((id, handle, record, client, limits));
                 continue;
             };
-            let slot = masked ^ self.mask_of(&key);
             if slot >= slots::MAX {
                 tracing::warn!("a handle record whose slot is out of range is removed");
                 ignored.push(handle);
@@ -343,22 +429,22 @@ impl Registry {
                 ignored.push(self.free(&mut w, slot, &held, &token));
             }
             w.next = w.next.max(slot + 1);
-            self.put_stored(&mut w, slot, key, &record, client, limits);
+            self.put_stored(&mut w, slot, id, &record, client, limits);
         }
         w.free = (0..w.next)
             .rev()
             .filter(|&n| !self.slots.read(n).is_some_and(|s| s.used()))
             .collect();
-        for (key, record, client, limits) in strays {
+        for (id, handle, record, client, limits) in strays {
             let Some(slot) = self.take_slot(&mut w) else {
-                ignored.push(URL_SAFE_NO_PAD.encode(key));
+                ignored.push(handle);
                 continue;
             };
-            self.put_stored(&mut w, slot, key, &record, client, limits);
+            self.put_stored(&mut w, slot, id, &record, client, limits);
             self.strays
                 .write()
                 .unwrap_or_else(PoisonError::into_inner)
-                .insert(key, slot);
+                .insert(id, slot);
         }
         ignored
     }
@@ -374,33 +460,58 @@ impl Registry {
             .map_or(0, |m| u32::from_le_bytes([m[0], m[1], m[2], m[3]]))
     }
 
-    /// The text of the handle in slot `n` with key `key`.
-    fn text(&self, key: &Key, n: u32) -> String {
-        let stray = self
-            .strays
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .contains_key(key);
-        if stray {
-            return URL_SAFE_NO_PAD.encode(key);
-        }
-        let mut bytes = [0u8; 20];
-        bytes[..16].copy_from_slice(key);
-        bytes[16..].copy_from_slice(&(n ^ self.mask_of(key)).to_le_bytes());
-        URL_SAFE_NO_PAD.encode(bytes)
+    /// The mask of the slot of a handle issued now: SipHash-1-3 of its first 16 characters.
+    #[inline(always)]
+    fn text_mask(&self, text: &[u8; 16]) -> u32 {
+        let word = |i: usize| u64::from_le_bytes(text[i..i + 8].try_into().unwrap_or_default());
+        siphash::<1, 3>(self.sip, [word(0), word(8)]) as u32
     }
 
-    /// The slot of a handle's text, unchecked.
-    fn locate(&self, key: &Key, masked: Option<u32>) -> Option<u32> {
-        match masked {
-            Some(m) => Some(m ^ self.mask_of(key)),
-            None => self
-                .strays
-                .read()
-                .unwrap_or_else(PoisonError::into_inner)
-                .get(key)
-                .copied(),
+    /// The text of the handle `id` in slot `n`.
+    fn text(&self, id: &Id, n: u32) -> String {
+        let bytes = id_bytes(id);
+        let mut prefix = [0u8; BARE];
+        prefix.copy_from_slice(&bytes[..BARE]);
+        let text = match usize::from(bytes[23]) {
+            TEXT => {
+                let mut first = [0u8; 16];
+                first.copy_from_slice(&prefix[..16]);
+                let digits = slot_digits(n ^ self.text_mask(&first));
+                [&prefix[..], &digits[..]].concat()
+            }
+            MASKED => {
+                // The 22nd character holds the bits' last two and the masked slot's first four,
+                // which the 16 bytes decoded leave out (so the verdict on them is not wanted).
+                let mut out = [0u8; 21];
+                let _ = decode::<BARE>(&prefix, &mut out);
+                let mut key = [0u8; 16];
+                key.copy_from_slice(&out[..16]);
+                let mut bytes = [0u8; 20];
+                bytes[..16].copy_from_slice(&key);
+                bytes[16..].copy_from_slice(&(n ^ self.mask_of(&key)).to_le_bytes());
+                return URL_SAFE_NO_PAD.encode(bytes);
+            }
+            _ => prefix.to_vec(),
+        };
+        String::from_utf8(text).unwrap_or_default()
+    }
+
+    /// What a handle's text names: its identity and its slot (`None` for a 22-character handle,
+    /// whose slot is in `strays`); `None` for anything upgate cannot have issued. A handle of now
+    /// is not decoded: its first 22 characters are compared whole with its slot's, and only its
+    /// six digits are read.
+    #[inline(always)]
+    fn place(&self, handle: &str) -> Option<(Id, Option<u32>)> {
+        let text = handle.as_bytes();
+        if let Ok(t) = <&[u8; TEXT]>::try_from(text) {
+            let (prefix, digits) = t.split_first_chunk::<BARE>()?;
+            let masked = slot_of_digits(digits.try_into().ok()?)?;
+            let first = prefix.first_chunk::<16>()?;
+            return Some((id_of(prefix, TEXT), Some(masked ^ self.text_mask(first))));
         }
+        let (key, masked) = parse(handle)?;
+        let id = id_of(text.first_chunk::<BARE>()?, text.len());
+        Some((id, masked.map(|m| m ^ self.mask_of(&key))))
     }
 
     fn take_slot(&self, w: &mut Writer) -> Option<u32> {
@@ -460,7 +571,7 @@ impl Registry {
         &self,
         w: &mut Writer,
         n: u32,
-        key: Key,
+        id: Id,
         token: &str,
         client: ClientKey,
         expires_at: u32,
@@ -476,7 +587,7 @@ impl Registry {
         self.slots.fill(
             n,
             &Fill {
-                key: words(&key),
+                key: id,
                 client: client.words(),
                 expires_at,
                 limits,
@@ -495,20 +606,19 @@ impl Registry {
         &self,
         w: &mut Writer,
         n: u32,
-        key: Key,
+        id: Id,
         record: &HandleRecord,
         client: ClientKey,
         limits: Limits,
     ) {
         let expires_at = secs(record.expires_at);
-        self.put(w, n, key, &record.token, client, expires_at, limits);
+        self.put(w, n, id, &record.token, client, expires_at, limits);
     }
 
     /// Empties slot `n` (seen as `seen`), returning its handle's text. The slot goes back to the
     /// free list through [`Registry::reuse`].
     fn free(&self, w: &mut Writer, n: u32, seen: &Seen, token: &str) -> String {
-        let key = key_of(seen.key);
-        let text = self.text(&key, n);
+        let text = self.text(&seen.key, n);
         self.slots.clear(n);
         self.release(w, seen.limits);
         if token.len() > INLINE {
@@ -520,7 +630,7 @@ impl Registry {
         self.strays
             .write()
             .unwrap_or_else(PoisonError::into_inner)
-            .remove(&key);
+            .remove(&seen.key);
         let hash = self.hasher.hash_one(token);
         if let Some(list) = w.by_token.get_mut(&hash) {
             list.retain(|s| *s != n);
@@ -642,14 +752,14 @@ impl Registry {
             alive_until: expires_at,
         };
         for _ in 0..3 {
-            let key = self.new_key()?;
+            let key = self.new_id()?;
             let (n, existing) = {
                 let mut w = self.write();
                 let live = self.slots_of(&w, token).into_iter().find(|(_, s)| {
                     ClientKey::from_words(s.client).same(&ck) && s.expires_at > secs(now)
                 });
                 match live {
-                    Some((n, seen)) => (n, Some(key_of(seen.key))),
+                    Some((n, seen)) => (n, Some(seen.key)),
                     None => (
                         self.take_slot(&mut w).ok_or_else(|| {
                             DbError::from("the handle registry is full".to_string())
@@ -669,7 +779,7 @@ impl Registry {
                 let held = self
                     .slots
                     .read(n)
-                    .is_some_and(|s| s.used() && same(s.key, words(&key)));
+                    .is_some_and(|s| s.used() && same(s.key, key));
                 if renewed && held {
                     self.slots.renew(n, secs(expires_at));
                     self.set_limits(&mut w, token, limits);
@@ -704,14 +814,19 @@ impl Registry {
         }
     }
 
-    fn new_key(&self) -> Result<Key, DbError> {
+    /// The identity of a new handle: 128 random bits, never all zero.
+    fn new_id(&self) -> Result<Id, DbError> {
         let mut key = [0u8; 16];
         while key == [0; 16] {
             self.rng
                 .fill(&mut key)
                 .map_err(|_| DbError::from("no system randomness".to_string()))?;
         }
-        Ok(key)
+        let mut prefix = [0u8; BARE];
+        URL_SAFE_NO_PAD
+            .encode_slice(key, &mut prefix)
+            .map_err(|_| DbError::from("a handle of 22 characters".to_string()))?;
+        Ok(id_of(&prefix, TEXT))
     }
 
     /// The slot and a copy of it for a handle presented by `client`, refreshing its expiry; `None`
@@ -720,13 +835,19 @@ impl Registry {
     /// stack twice: a seventh fewer instructions a resolve.
     #[inline(always)]
     fn find(&self, handle: &str, client: &str, now: u64) -> Option<(u32, Seen)> {
-        let (key, masked) = parse(handle)?;
+        let (id, slot) = self.place(handle)?;
         let client = ClientKey::new(client)?;
-        let n = self.locate(&key, masked)?;
+        let n = match slot {
+            Some(n) => n,
+            None => *self
+                .strays
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .get(&id)?,
+        };
         let seen = self.slots.read(n)?;
-        let ok = same(seen.key, words(&key))
-            & same(seen.client, client.words())
-            & (seen.expires_at > secs(now));
+        let ok =
+            same(seen.key, id) & same(seen.client, client.words()) & (seen.expires_at > secs(now));
         if !ok {
             return None;
         }
@@ -807,13 +928,12 @@ impl Registry {
             if !self.slots.unchanged(n, &seen) {
                 continue;
             }
-            let key = key_of(seen.key);
             let record = HandleRecord {
                 token: token.to_string(),
                 client: ClientKey::from_words(seen.client).as_str().to_string(),
                 expires_at: u64::from(seen.expires_at),
             };
-            refreshed.push((self.text(&key, n), record));
+            refreshed.push((self.text(&seen.key, n), record));
             at.push((n, seen));
         }
         if refreshed.is_empty() {
@@ -906,6 +1026,38 @@ mod tests {
             agreed[usize::from(ok)] += 1;
         }
         assert!(agreed[0] > 10_000 && agreed[1] > 10_000, "{agreed:?}");
+    }
+
+    /// The mask's SipHash is SipHash: its 2-4 form agrees with the standard library's (the
+    /// reference implementation's), and the 1-3 form the mask uses is the same rounds, fewer.
+    #[test]
+    #[allow(deprecated)]
+    fn siphash_is_the_reference_one() {
+        use std::hash::Hasher;
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        for _ in 0..1000 {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let (key, message) = ([x, x.rotate_left(17)], [x ^ 0x55, x.rotate_left(41)]);
+            let mut reference = std::hash::SipHasher::new_with_keys(key[0], key[1]);
+            reference.write(&message[0].to_le_bytes());
+            reference.write(&message[1].to_le_bytes());
+            assert_eq!(siphash::<2, 4>(key, message), reference.finish());
+        }
+        // The paper's test vector: key 00..0f, message 00..0f.
+        let key = [0x0706_0504_0302_0100, 0x0f0e_0d0c_0b0a_0908];
+        assert_eq!(siphash::<2, 4>(key, key), 0x3f2a_cc7f_57c2_9bdb);
+    }
+
+    /// Slot digits read back as written, for every bit of a slot number.
+    #[test]
+    fn slot_digits_read_back() {
+        for masked in (0..32).map(|b| 1u32 << b).chain([0, u32::MAX, 0x1234_5678]) {
+            assert_eq!(slot_of_digits(&slot_digits(masked)), Some(masked));
+        }
+        assert_eq!(slot_of_digits(b"EAAAAA"), None, "36 bits, the top four set");
+        assert_eq!(slot_of_digits(b"AAAAA="), None);
     }
 
     #[test]
@@ -1004,23 +1156,33 @@ mod tests {
         let (h, _) = reg
             .register(&db, "tok", "c", Limits::default(), 0)
             .expect("register");
-        assert!(parse(&h).is_some());
-        assert_eq!(h.len(), 27);
+        assert!(reg.place(&h).is_some());
+        assert_eq!(h.len(), 28);
         for bad in [
             "",
             "short",
             &format!("{h}A"),
-            &h[..26],
+            &h[..27],
             &h[..22],
             &h.replace(|_: char| true, "*"),
+            &"A".repeat(28),
             &"A".repeat(27),
         ] {
             assert!(reg.resolve(bad, "c", 1).is_none(), "{bad:?}");
+            assert!(reg.resolve_token(bad, "c", 1).is_none(), "{bad:?}");
         }
-        // The same 128 bits with different trailing bits in the last character are not the handle.
-        let last = h.chars().last().expect("last");
-        let alias = format!("{}{}", &h[..26], if last == 'A' { 'B' } else { 'A' });
-        assert!(reg.resolve(&alias, "c", 1).is_none());
+        // Another spelling of the 128 bits (the unused low bits of the 22nd character set) is
+        // not the handle, nor is a slot number with any of the six digits' top four bits set,
+        // nor a digit that is not base64url.
+        let at = |i: usize, c: char| format!("{}{c}{}", &h[..i], &h[i + 1..]);
+        let value = |c: u8| B64URL[usize::from(c)];
+        let twenty_second = ALPHABET[usize::from(value(h.as_bytes()[21]) | 1)] as char;
+        assert_ne!(at(21, twenty_second), h);
+        let top = ALPHABET[usize::from(value(h.as_bytes()[22]) | 0x10)] as char;
+        for alias in [at(21, twenty_second), at(22, top), at(27, '='), at(27, '+')] {
+            assert!(reg.resolve(&alias, "c", 1).is_none(), "{alias}");
+        }
+        assert!(reg.resolve(&h, "c", 1).is_some());
         assert!(
             reg.register(&db, "tok", &"c".repeat(40), Limits::default(), 0)
                 .is_err()
@@ -1065,15 +1227,18 @@ mod tests {
         let (b, _) = reg
             .register(&db, "tb", "c", Limits::default(), 0)
             .expect("b");
-        let (ka, ma) = parse(&a).expect("a");
-        let (kb, mb) = parse(&b).expect("b");
-        let (ma, mb) = (ma.expect("slot"), mb.expect("slot"));
-        assert_ne!(ma ^ reg.mask_of(&ka), mb ^ reg.mask_of(&kb), "two slots");
-        for (key, n) in [(ka, mb ^ reg.mask_of(&kb)), (kb, ma ^ reg.mask_of(&ka))] {
-            let mut bytes = [0u8; 20];
-            bytes[..16].copy_from_slice(&key);
-            bytes[16..].copy_from_slice(&(n ^ reg.mask_of(&key)).to_le_bytes());
-            let forged = URL_SAFE_NO_PAD.encode(bytes);
+        let slot = |h: &str| reg.place(h).expect("handle").1.expect("slot");
+        assert_ne!(slot(&a), slot(&b), "two slots");
+        // Each one's 22 characters with the digits that name the other's slot under its own mask.
+        for (bits, other) in [(&a, &b), (&b, &a)] {
+            let first: [u8; 16] = bits.as_bytes()[..16].try_into().expect("16");
+            let digits = slot_digits(slot(other) ^ reg.text_mask(&first));
+            let forged = format!(
+                "{}{}",
+                &bits[..22],
+                std::str::from_utf8(&digits).expect("ascii")
+            );
+            assert_eq!(slot(&forged), slot(other));
             assert!(reg.resolve(&forged, "c", 1).is_none(), "{forged}");
             assert!(reg.resolve_token(&forged, "c", 1).is_none(), "{forged}");
         }
@@ -1094,10 +1259,7 @@ mod tests {
         let (new, _) = reg
             .register(&db, "new", "c", Limits::default(), 1)
             .expect("new");
-        let slot = |h: &str| {
-            let (k, m) = parse(h).expect("handle");
-            m.expect("slot") ^ reg.mask_of(&k)
-        };
+        let slot = |h: &str| reg.place(h).expect("handle").1.expect("slot");
         assert_eq!(slot(&old), slot(&new), "the freed slot is taken again");
         assert!(reg.resolve(&old, "c", 2).is_none());
         let s = reg.resolve(&new, "c", 2).expect("new");
@@ -1153,13 +1315,31 @@ mod tests {
         db.put_handle(handle, &record, &session).expect("put");
     }
 
-    /// Handles of the earlier 22-character form, read from the database, resolve and are written
-    /// back under their own text.
+    /// Handles of the earlier forms (22 and 27 characters), read from the database, resolve and
+    /// are written back under their own text.
     #[test]
-    fn handles_of_the_earlier_form_still_resolve() {
+    fn handles_of_the_earlier_forms_still_resolve() {
+        for form in [BARE, MASKED] {
+            earlier_form_resolves(form);
+        }
+    }
+
+    fn earlier_form_resolves(form: usize) {
         let dir = tempfile::tempdir().expect("dir");
         let path = dir.path().join("s.redb");
-        let old = URL_SAFE_NO_PAD.encode([7u8; 16]);
+        let old = match form {
+            BARE => URL_SAFE_NO_PAD.encode([7u8; 16]),
+            _ => {
+                // As an earlier upgate wrote it for slot 3, with the mask key of this database.
+                let loaded =
+                    Registry::load(&Db::open(&path).expect("db"), Duration::from_secs(9), 0)
+                        .expect("load");
+                let mut bytes = [7u8; 20];
+                bytes[16..].copy_from_slice(&(3 ^ loaded.mask_of(&[7u8; 16])).to_le_bytes());
+                URL_SAFE_NO_PAD.encode(bytes)
+            }
+        };
+        assert_eq!(old.len(), form);
         {
             let two = Limits {
                 max_files: Some(2),
@@ -1171,6 +1351,23 @@ mod tests {
         let reg = Registry::load(&db, Duration::from_secs(100), 10).expect("load");
         let s = reg.resolve(&old, "c", 20).expect("the old handle");
         assert_eq!((&*s.token, s.limits.max_files), ("tok", Some(2)));
+        if form == MASKED {
+            assert_eq!(
+                reg.place(&old).expect("placed").1,
+                Some(3),
+                "back in its slot"
+            );
+        }
+        // A handle of now beside it.
+        let (new, _) = reg
+            .register(&db, "other", "c", Limits::default(), 20)
+            .expect("new");
+        assert_eq!(new.len(), TEXT);
+        assert_eq!(
+            reg.resolve_token(&new, "c", 20).expect("new").as_str(),
+            "other"
+        );
+        assert_eq!(reg.revoke(&db, "other").expect("revoke"), 1);
         assert!(
             reg.resolve(&old, "d", 20).is_none(),
             "still bound to its client"

@@ -17,8 +17,8 @@ const SEGMENTS: usize = 4096;
 /// 32M handles at most (4 GiB of slots).
 pub(super) const MAX: u32 = (SEGMENT * SEGMENTS) as u32;
 
-/// A token's bytes as kept in a slot: its length (or [`LONG`]) then up to 71 bytes.
-pub(super) const INLINE: usize = 71;
+/// A token's bytes as kept in a slot: its length (or [`LONG`]) then up to 63 bytes.
+pub(super) const INLINE: usize = 63;
 /// The length byte of a token longer than [`INLINE`], which is kept beside the slots.
 pub(super) const LONG: u8 = 0xFF;
 
@@ -33,26 +33,27 @@ struct Slot {
     /// The expiry last written to the database; refreshes are flushed in batches.
     persisted: AtomicU32,
     limits: AtomicU32,
-    /// The handle's 128 random bits; zero in a free slot (a handle of zero bits is never issued).
-    key: [AtomicU64; 2],
+    /// The handle's first 22 characters (its 128 random bits) and its form; zero in a free slot
+    /// (no handle's text is zero bytes).
+    key: [AtomicU64; 3],
     client: [AtomicU64; 3],
-    token: [AtomicU64; 9],
+    token: [AtomicU64; 8],
 }
 
 /// A consistent copy of a slot.
 #[derive(Clone, Copy)]
 pub(super) struct Seen {
     seq: u32,
-    pub key: [u64; 2],
+    pub key: [u64; 3],
     pub client: [u64; 3],
     pub expires_at: u32,
     pub limits: u32,
-    token: [u64; 9],
+    token: [u64; 8],
 }
 
 impl Seen {
     pub fn used(&self) -> bool {
-        self.key != [0, 0]
+        self.key != [0; 3]
     }
 
     pub fn token(&self) -> TokenBytes {
@@ -66,7 +67,7 @@ impl Seen {
 
 /// What a writer puts in a slot.
 pub(super) struct Fill {
-    pub key: [u64; 2],
+    pub key: [u64; 3],
     pub client: [u64; 3],
     pub expires_at: u32,
     pub limits: u32,
@@ -230,7 +231,7 @@ mod tests {
         token[0] = 8;
         token[1..9].copy_from_slice(&k.to_le_bytes());
         Fill {
-            key: [k, !k],
+            key: [k, !k, k],
             client: [k; 3],
             expires_at: k as u32,
             limits: k as u32,
@@ -245,7 +246,7 @@ mod tests {
         slots.fill(5, &fill(9));
         let seen = slots.read(5).expect("made");
         assert!(seen.used());
-        assert_eq!(seen.key, [9, !9]);
+        assert_eq!(seen.key, [9, !9, 9]);
         assert_eq!(seen.token()[..9], fill(9).token[..9]);
         assert!(slots.unchanged(5, &seen));
         slots.refresh(5, 77);
@@ -276,6 +277,7 @@ mod tests {
                 let seen = slots.read(3).expect("slot");
                 let k = seen.key[0];
                 assert_eq!(seen.key[1], !k);
+                assert_eq!(seen.key[2], k);
                 assert_eq!(seen.client, [k; 3]);
                 assert_eq!(seen.limits, k as u32);
                 assert_eq!(seen.token()[1..9], k.to_le_bytes());
