@@ -206,22 +206,25 @@ impl Db {
         })
     }
 
-    /// The handle registry's mask key: the one stored, or `make`'s, stored first. Handles name
-    /// their slots under it, so it must outlive them.
-    pub fn registry_key(&self, make: impl FnOnce() -> Result<[u8; 16]>) -> Result<[u8; 16]> {
-        const NAME: &str = "registry_mask_key";
+    /// A key of the handle registry's, by name (the slots' masks): the one stored, or `make`'s,
+    /// stored first. Handles name their slots under them, so they must outlive them.
+    pub fn registry_key(
+        &self,
+        name: &str,
+        make: impl FnOnce() -> Result<[u8; 16]>,
+    ) -> Result<[u8; 16]> {
         let tx = self.db.begin_write().map_err(db_err)?;
         let key = {
             let mut table = tx.open_table(META).map_err(db_err)?;
             let stored = table
-                .get(NAME)
+                .get(name)
                 .map_err(db_err)?
                 .and_then(|v| <[u8; 16]>::try_from(v.value()).ok());
             match stored {
                 Some(key) => key,
                 None => {
                     let key = make()?;
-                    table.insert(NAME, key.as_slice()).map_err(db_err)?;
+                    table.insert(name, key.as_slice()).map_err(db_err)?;
                     key
                 }
             }

@@ -102,6 +102,19 @@ fn parse(handle: &str) -> Option<(Key, Option<u32>)> {
 /// The base64url digits.
 const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
 
+/// Whether upgate could have issued `handle`: for one of now, whether its first 22 characters are
+/// 128 bits, not all zero, spelt canonically (a resolve needs no such check: it compares them with
+/// those upgate issued; a record read from the database does).
+fn issuable(handle: &str) -> bool {
+    match handle.as_bytes().first_chunk::<BARE>() {
+        Some(prefix) if handle.len() == TEXT => {
+            let mut out = [0u8; 21];
+            decode::<BARE>(prefix, &mut out) && out[..16] != [0; 16]
+        }
+        _ => true,
+    }
+}
+
 /// The value of each base64url character; `0xFF` for every other byte.
 const B64URL: [u8; 256] = {
     let mut table = [0xFF; 256];
@@ -325,7 +338,7 @@ pub struct Registry {
     strays: RwLock<HashMap<Id, u32>>,
     /// The mask of the slots of 27-character handles.
     mask: HeaderProtectionKey,
-    /// The SipHash key of the slots' mask of handles issued now, derived from `mask`'s key.
+    /// The SipHash key of the mask of the slots of handles issued now.
     sip: [u64; 2],
     hasher: Hasher,
     ttl_secs: AtomicU64,
@@ -335,20 +348,19 @@ pub struct Registry {
 impl Registry {
     /// An empty registry whose handles live `ttl` after their last resolve, with a new mask key.
     pub fn new(ttl: Duration) -> Registry {
-        let mut key = [0u8; 16];
-        // The mask hides a number, not a secret: a failing generator leaves it merely weaker.
-        let _ = SystemRandom::new().fill(&mut key);
-        Registry::with_mask(ttl, &key)
+        let (mut aes, mut sip) = ([0u8; 16], [0u8; 16]);
+        // The masks hide a number, not a secret: a failing generator leaves them merely weaker.
+        let _ = SystemRandom::new().fill(&mut aes);
+        let _ = SystemRandom::new().fill(&mut sip);
+        Registry::with_masks(ttl, &aes, &sip)
     }
 
-    fn with_mask(ttl: Duration, key: &[u8; 16]) -> Registry {
-        let mask = HeaderProtectionKey::new(&AES_128, key).expect("a 16-byte AES-128 key");
-        // AES as a PRF: the SipHash key is AES_k of four blocks, four bytes of each.
-        let derived = |label: u8| {
-            let m = mask.new_mask(&[label; 16]).unwrap_or_default();
-            u64::from(u32::from_le_bytes([m[0], m[1], m[2], m[3]]))
-        };
-        let sip = [derived(1) << 32 | derived(2), derived(3) << 32 | derived(4)];
+    /// `aes` masks the slots of 27-character handles, `sip` those of the handles issued now: two
+    /// keys, so that no resolve of a handle a client makes up computes anything of the other.
+    fn with_masks(ttl: Duration, aes: &[u8; 16], sip: &[u8; 16]) -> Registry {
+        let mask = HeaderProtectionKey::new(&AES_128, aes).expect("a 16-byte AES-128 key");
+        let half = |i: usize| u64::from_le_bytes(sip[i..i + 8].try_into().unwrap_or_default());
+        let sip = [half(0), half(8)];
         Registry {
             slots: Slots::new(),
             writer: Mutex::default(),
@@ -366,13 +378,15 @@ impl Registry {
     /// Loads the live handles of the database, with the mask key kept there.
     pub fn load(db: &Db, ttl: Duration, now: u64) -> Result<Registry, DbError> {
         let rng = SystemRandom::new();
-        let key = db.registry_key(|| {
+        let make = || {
             let mut key = [0u8; 16];
             rng.fill(&mut key)
                 .map_err(|_| DbError::from("no system randomness".to_string()))?;
             Ok(key)
-        })?;
-        let registry = Registry::with_mask(ttl, &key);
+        };
+        let aes = db.registry_key("registry_mask_key", make)?;
+        let sip = db.registry_key("registry_slot_key", make)?;
+        let registry = Registry::with_masks(ttl, &aes, &sip);
         let sessions: HashMap<String, Limits> = db
             .sessions()?
             .into_iter()
@@ -401,9 +415,10 @@ impl Registry {
         let mut w = self.write();
         let (mut strays, mut ignored) = (Vec::new(), Vec::new());
         for (handle, record, limits) in handles {
-            let (Some((id, slot)), Some(client)) =
-                (self.place(&handle), ClientKey::new(&record.client))
-            else {
+            let (Some((id, slot)), Some(client)) = (
+                self.place(&handle).filter(|_| issuable(&handle)),
+                ClientKey::new(&record.client),
+            ) else {
                 tracing::warn!("a malformed handle record in the state database is removed");
                 ignored.push(handle);
                 continue;
@@ -1393,6 +1408,46 @@ mod tests {
         assert_eq!(reg.prune(&db, 1000).expect("prune"), 1);
         assert!(db.handles().expect("handles").is_empty());
         assert!(reg.strays.read().expect("strays").is_empty());
+    }
+
+    /// Records of 28 characters that upgate could not have issued (not base64url, all-zero bits,
+    /// a non-canonical 22nd character) are removed at load, and a valid one beside them is kept.
+    #[test]
+    fn records_upgate_could_not_have_issued_are_removed() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("s.redb");
+        let valid = {
+            let db = Db::open(&path).expect("db");
+            let reg = Registry::load(&db, Duration::from_secs(100), 0).expect("load");
+            reg.register(&db, "tok", "c", Limits::default(), 0)
+                .expect("register")
+                .0
+        };
+        let digits = &valid[BARE..];
+        let non_canonical = {
+            let last = B64URL[usize::from(valid.as_bytes()[BARE - 1])];
+            let c = ALPHABET[usize::from(last | 1)] as char;
+            format!("{}{c}{digits}", &valid[..BARE - 1])
+        };
+        let forged = [
+            format!("{}{digits}", "*".repeat(BARE)),
+            format!("{}{digits}", "A".repeat(BARE)),
+            non_canonical,
+        ];
+        {
+            let db = Db::open(&path).expect("db");
+            for text in &forged {
+                put_earlier(&db, text, Limits::default());
+            }
+        }
+        let db = Db::open(&path).expect("db");
+        let reg = Registry::load(&db, Duration::from_secs(100), 10).expect("load");
+        let stored: Vec<String> = db.handles().expect("h").into_iter().map(|h| h.0).collect();
+        assert_eq!(stored, vec![valid.clone()]);
+        assert!(reg.resolve(&valid, "c", 20).is_some());
+        for text in &forged {
+            assert!(reg.resolve(text, "c", 20).is_none(), "{text}");
+        }
     }
 
     /// Resolves racing a writer that ends a handle and gives its slot to another session never
