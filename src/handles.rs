@@ -66,11 +66,11 @@ impl Token {
 
 /// The token a slot holds inline; `None` for the mark of a long one.
 fn inline(b: &TokenBytes) -> Option<&str> {
-    let len = usize::from(b[0]);
+    let len = usize::from(b.len);
     if len > INLINE {
         return None;
     }
-    std::str::from_utf8(&b[1..=len]).ok()
+    std::str::from_utf8(&b.bytes[..len]).ok()
 }
 
 /// A handle's 128 random bits.
@@ -131,14 +131,14 @@ const TEXT: usize = 28;
 const MASKED: usize = 27;
 const BARE: usize = 22;
 
-/// A handle as its slot holds it: its first 22 characters (all of its random bits), a zero byte
-/// and its length, which tells its form.
+/// A handle as its slot holds it: its first 22 characters (all of its random bits), its length,
+/// which tells its form, and a zero byte.
 type Id = [u64; 3];
 
 fn id_of(prefix: &[u8; BARE], form: usize) -> Id {
     let mut b = [0u8; 24];
     b[..BARE].copy_from_slice(prefix);
-    b[23] = form as u8;
+    b[BARE] = form as u8;
     let word = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().unwrap_or_default());
     [word(0), word(8), word(16)]
 }
@@ -271,6 +271,24 @@ impl ClientKey {
         Some(ClientKey(k))
     }
 
+    /// [`ClientKey::words`] of `client`'s key, read straight from its bytes when it has the
+    /// length of every key upgate makes, as a resolve needs them.
+    #[inline(always)]
+    fn words_of(client: &str) -> Option<[u64; 3]> {
+        let Some(b) = client
+            .as_bytes()
+            .first_chunk::<22>()
+            .filter(|_| client.len() == 22)
+        else {
+            return ClientKey::new(client).map(|k| k.words());
+        };
+        let word = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().unwrap_or_default());
+        let mut tail = [0u8; 8];
+        tail[..6].copy_from_slice(&b[16..]);
+        tail[7] = 22;
+        Some([word(0), word(8), u64::from_le_bytes(tail)])
+    }
+
     fn from_words(words: [u64; 3]) -> ClientKey {
         let mut k = [0u8; 24];
         for (c, w) in k.chunks_exact_mut(8).zip(words) {
@@ -300,12 +318,13 @@ impl ClientKey {
 
 /// A token as a slot keeps it: inline when it fits, else only the [`LONG`] mark.
 fn token_bytes(token: &str) -> TokenBytes {
-    let mut out = [0u8; INLINE + 1];
+    let mut out = TokenBytes {
+        len: LONG,
+        bytes: [0; INLINE],
+    };
     if token.len() <= INLINE {
-        out[0] = token.len() as u8;
-        out[1..=token.len()].copy_from_slice(token.as_bytes());
-    } else {
-        out[0] = LONG;
+        out.len = token.len() as u8;
+        out.bytes[..token.len()].copy_from_slice(token.as_bytes());
     }
     out
 }
@@ -487,7 +506,7 @@ impl Registry {
         let bytes = id_bytes(id);
         let mut prefix = [0u8; BARE];
         prefix.copy_from_slice(&bytes[..BARE]);
-        let text = match usize::from(bytes[23]) {
+        let text = match usize::from(bytes[BARE]) {
             TEXT => {
                 let mut first = [0u8; 16];
                 first.copy_from_slice(&prefix[..16]);
@@ -633,7 +652,7 @@ impl Registry {
     /// Empties slot `n` (seen as `seen`), returning its handle's text. The slot goes back to the
     /// free list through [`Registry::reuse`].
     fn free(&self, w: &mut Writer, n: u32, seen: &Seen, token: &str) -> String {
-        let text = self.text(&seen.key, n);
+        let text = self.text(&seen.key(), n);
         self.slots.clear(n);
         self.release(w, seen.limits);
         if token.len() > INLINE {
@@ -645,7 +664,7 @@ impl Registry {
         self.strays
             .write()
             .unwrap_or_else(PoisonError::into_inner)
-            .remove(&seen.key);
+            .remove(&seen.key());
         let hash = self.hasher.hash_one(token);
         if let Some(list) = w.by_token.get_mut(&hash) {
             list.retain(|s| *s != n);
@@ -774,7 +793,7 @@ impl Registry {
                     ClientKey::from_words(s.client).same(&ck) && s.expires_at > secs(now)
                 });
                 match live {
-                    Some((n, seen)) => (n, Some(seen.key)),
+                    Some((n, seen)) => (n, Some(seen.key())),
                     None => (
                         self.take_slot(&mut w).ok_or_else(|| {
                             DbError::from("the handle registry is full".to_string())
@@ -794,7 +813,7 @@ impl Registry {
                 let held = self
                     .slots
                     .read(n)
-                    .is_some_and(|s| s.used() && same(s.key, key));
+                    .is_some_and(|s| s.used() && same(s.key(), key));
                 if renewed && held {
                     self.slots.renew(n, secs(expires_at));
                     self.set_limits(&mut w, token, limits);
@@ -851,7 +870,7 @@ impl Registry {
     #[inline(always)]
     fn find(&self, handle: &str, client: &str, now: u64) -> Option<(u32, Seen)> {
         let (id, slot) = self.place(handle)?;
-        let client = ClientKey::new(client)?;
+        let client = ClientKey::words_of(client)?;
         let n = match slot {
             Some(n) => n,
             None => *self
@@ -861,8 +880,7 @@ impl Registry {
                 .get(&id)?,
         };
         let seen = self.slots.read(n)?;
-        let ok =
-            same(seen.key, id) & same(seen.client, client.words()) & (seen.expires_at > secs(now));
+        let ok = same(seen.key(), id) & same(seen.client, client) & (seen.expires_at > secs(now));
         if !ok {
             return None;
         }
@@ -879,7 +897,7 @@ impl Registry {
         loop {
             let (n, seen) = self.find(handle, client, now)?;
             let token = seen.token();
-            if token[0] != LONG {
+            if token.len != LONG {
                 return Some(Token(Held::Inline(token)));
             }
             let long = self.token_of(n, &seen);
@@ -948,7 +966,7 @@ impl Registry {
                 client: ClientKey::from_words(seen.client).as_str().to_string(),
                 expires_at: u64::from(seen.expires_at),
             };
-            refreshed.push((self.text(&seen.key, n), record));
+            refreshed.push((self.text(&seen.key(), n), record));
             at.push((n, seen));
         }
         if refreshed.is_empty() {
@@ -1158,6 +1176,16 @@ mod tests {
         assert!(!k("abc").same(&k("abd")));
         assert!(!k("abc").same(&k("abcd")));
         assert!(!k("").same(&k("\0")), "the length is part of the key");
+        for key in [
+            "",
+            "abc",
+            "Zm9vYmFyYmF6cXV4cXV1eA",
+            "Zm9vYmFyYmF6cXV4cXV1eAx",
+            "€uro",
+        ] {
+            assert_eq!(ClientKey::words_of(key), Some(k(key).words()), "{key}");
+        }
+        assert_eq!(ClientKey::words_of(&"x".repeat(24)), None);
         assert_eq!(
             k("Zm9vYmFyYmF6cXV4cXV1eA").as_str(),
             "Zm9vYmFyYmF6cXV4cXV1eA"
@@ -1304,6 +1332,12 @@ mod tests {
         assert_eq!(
             reg.resolve_token(&fits, "c", 1).expect("fits").as_str(),
             "u".repeat(INLINE)
+        );
+        assert_eq!(INLINE, 64, "a hex SHA-256 fits in the slot");
+        assert_eq!(
+            reg.long.read().expect("long").len(),
+            1,
+            "only the token longer than a slot holds is kept beside it"
         );
         let (again, _) = reg
             .register(&db, &long, "c", Limits::default(), 2)

@@ -17,12 +17,21 @@ const SEGMENTS: usize = 4096;
 /// 32M handles at most (4 GiB of slots).
 pub(super) const MAX: u32 = (SEGMENT * SEGMENTS) as u32;
 
-/// A token's bytes as kept in a slot: its length (or [`LONG`]) then up to 63 bytes.
-pub(super) const INLINE: usize = 63;
+/// The longest token a slot holds (a hex SHA-256, as many applications' session ids are, fits).
+pub(super) const INLINE: usize = 64;
 /// The length byte of a token longer than [`INLINE`], which is kept beside the slots.
 pub(super) const LONG: u8 = 0xFF;
 
-pub(super) type TokenBytes = [u8; INLINE + 1];
+/// A token as a slot holds it: its length (or [`LONG`]) and its bytes, zero-padded.
+#[derive(Clone, Copy)]
+#[repr(C, align(8))]
+pub(super) struct TokenBytes {
+    pub bytes: [u8; INLINE],
+    pub len: u8,
+}
+
+/// The key's 23 bytes of its three words; the last byte is the token's length.
+const KEY_BYTES: u64 = 0x00FF_FFFF_FFFF_FFFF;
 
 #[derive(Default)]
 #[repr(C, align(128))]
@@ -33,8 +42,8 @@ struct Slot {
     /// The expiry last written to the database; refreshes are flushed in batches.
     persisted: AtomicU32,
     limits: AtomicU32,
-    /// The handle's first 22 characters (its 128 random bits) and its form; zero in a free slot
-    /// (no handle's text is zero bytes).
+    /// The handle's first 22 characters (its 128 random bits) and its form, then the token's
+    /// length; zero in a free slot (no handle's text is zero bytes).
     key: [AtomicU64; 3],
     client: [AtomicU64; 3],
     token: [AtomicU64; 8],
@@ -44,7 +53,7 @@ struct Slot {
 #[derive(Clone, Copy)]
 pub(super) struct Seen {
     seq: u32,
-    pub key: [u64; 3],
+    key: [u64; 3],
     pub client: [u64; 3],
     pub expires_at: u32,
     pub limits: u32,
@@ -53,20 +62,29 @@ pub(super) struct Seen {
 
 impl Seen {
     pub fn used(&self) -> bool {
-        self.key != [0; 3]
+        self.key() != [0; 3]
+    }
+
+    /// The handle (its 22 characters and its form), less the token's length.
+    pub fn key(&self) -> [u64; 3] {
+        [self.key[0], self.key[1], self.key[2] & KEY_BYTES]
     }
 
     pub fn token(&self) -> TokenBytes {
-        let mut out = [0u8; INLINE + 1];
-        for (chunk, w) in out.chunks_exact_mut(8).zip(self.token) {
+        let mut bytes = [0u8; INLINE];
+        for (chunk, w) in bytes.chunks_exact_mut(8).zip(self.token) {
             chunk.copy_from_slice(&w.to_le_bytes());
         }
-        out
+        TokenBytes {
+            len: (self.key[2] >> 56) as u8,
+            bytes,
+        }
     }
 }
 
 /// What a writer puts in a slot.
 pub(super) struct Fill {
+    /// The handle, with a last byte of zero.
     pub key: [u64; 3],
     pub client: [u64; 3],
     pub expires_at: u32,
@@ -177,13 +195,15 @@ impl Slots {
     /// Puts a handle in slot `n`. Only under the registry's writer lock.
     pub fn fill(&self, n: u32, fill: &Fill) {
         self.write(n, |s| {
-            for (w, v) in s.key.iter().zip(fill.key) {
+            let len = u64::from(fill.token.len) << 56;
+            let key = [fill.key[0], fill.key[1], fill.key[2] & KEY_BYTES | len];
+            for (w, v) in s.key.iter().zip(key) {
                 w.store(v, Ordering::Relaxed);
             }
             for (w, v) in s.client.iter().zip(fill.client) {
                 w.store(v, Ordering::Relaxed);
             }
-            for (w, chunk) in s.token.iter().zip(fill.token.chunks_exact(8)) {
+            for (w, chunk) in s.token.iter().zip(fill.token.bytes.chunks_exact(8)) {
                 let mut b = [0u8; 8];
                 b.copy_from_slice(chunk);
                 w.store(u64::from_le_bytes(b), Ordering::Relaxed);
@@ -227,9 +247,10 @@ mod tests {
     use std::sync::atomic::AtomicBool;
 
     fn fill(k: u64) -> Fill {
-        let mut token = [0u8; INLINE + 1];
-        token[0] = 8;
-        token[1..9].copy_from_slice(&k.to_le_bytes());
+        let mut bytes = [0u8; INLINE];
+        bytes[..8].copy_from_slice(&k.to_le_bytes());
+        bytes[INLINE - 1] = k as u8;
+        let token = TokenBytes { len: 8, bytes };
         Fill {
             key: [k, !k, k],
             client: [k; 3],
@@ -246,8 +267,9 @@ mod tests {
         slots.fill(5, &fill(9));
         let seen = slots.read(5).expect("made");
         assert!(seen.used());
-        assert_eq!(seen.key, [9, !9, 9]);
-        assert_eq!(seen.token()[..9], fill(9).token[..9]);
+        assert_eq!(seen.key(), [9, !9, 9]);
+        assert_eq!(seen.token().len, 8);
+        assert_eq!(seen.token().bytes, fill(9).token.bytes);
         assert!(slots.unchanged(5, &seen));
         slots.refresh(5, 77);
         assert!(slots.unchanged(5, &seen), "a refresh is not a change");
@@ -275,12 +297,12 @@ mod tests {
             let mut reads = 0u64;
             while !stop.load(Ordering::Relaxed) || reads == 0 {
                 let seen = slots.read(3).expect("slot");
-                let k = seen.key[0];
-                assert_eq!(seen.key[1], !k);
-                assert_eq!(seen.key[2], k);
+                let k = seen.key()[0];
+                assert_eq!(seen.key(), [k, !k, k]);
                 assert_eq!(seen.client, [k; 3]);
                 assert_eq!(seen.limits, k as u32);
-                assert_eq!(seen.token()[1..9], k.to_le_bytes());
+                assert_eq!(seen.token().len, 8);
+                assert_eq!(seen.token().bytes, fill(k).token.bytes);
                 reads += 1;
             }
         });
