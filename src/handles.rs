@@ -76,15 +76,15 @@ fn inline(b: &TokenBytes) -> Option<&str> {
 /// A handle's 128 random bits.
 type Key = [u8; 16];
 
-/// The key and masked slot of a handle's text; `None` for anything upgate cannot have issued (the
-/// decoder refuses non-canonical text, so one handle has exactly one spelling).
-#[inline(always)]
+/// The key and masked slot of a handle of an earlier form (27 or 22 characters); `None` for
+/// anything upgate cannot have issued (the decoder refuses non-canonical text, so one handle has
+/// exactly one spelling).
 fn parse(handle: &str) -> Option<(Key, Option<u32>)> {
     let mut out = [0u8; 21];
     let text = handle.as_bytes();
     let (decoded, masked) = match text.len() {
-        27 => (decode::<27>(text.try_into().ok()?, &mut out), true),
-        22 => (decode::<22>(text.try_into().ok()?, &mut out), false),
+        MASKED => (decode::<MASKED>(text.try_into().ok()?, &mut out), true),
+        BARE => (decode::<BARE>(text.try_into().ok()?, &mut out), false),
         _ => return None,
     };
     if !decoded {
@@ -102,19 +102,6 @@ fn parse(handle: &str) -> Option<(Key, Option<u32>)> {
 /// The base64url digits.
 const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
 
-/// Whether upgate could have issued `handle`: for one of now, whether its first 22 characters are
-/// 128 bits, not all zero, spelt canonically (a resolve needs no such check: it compares them with
-/// those upgate issued; a record read from the database does).
-fn issuable(handle: &str) -> bool {
-    match handle.as_bytes().first_chunk::<BARE>() {
-        Some(prefix) if handle.len() == TEXT => {
-            let mut out = [0u8; 21];
-            decode::<BARE>(prefix, &mut out) && out[..16] != [0; 16]
-        }
-        _ => true,
-    }
-}
-
 /// The value of each base64url character; `0xFF` for every other byte.
 const B64URL: [u8; 256] = {
     let mut table = [0xFF; 256];
@@ -130,6 +117,19 @@ const B64URL: [u8; 256] = {
 const TEXT: usize = 28;
 const MASKED: usize = 27;
 const BARE: usize = 22;
+
+/// Whether upgate could have issued `handle`: for one of now, whether its first 22 characters are
+/// 128 bits, not all zero, spelt canonically (a resolve needs no such check: it compares them with
+/// those upgate issued; a record read from the database does).
+fn issuable(handle: &str) -> bool {
+    match handle.as_bytes().first_chunk::<BARE>() {
+        Some(prefix) if handle.len() == TEXT => {
+            let mut out = [0u8; 21];
+            decode::<BARE>(prefix, &mut out) && out[..16] != [0; 16]
+        }
+        _ => true,
+    }
+}
 
 /// A handle as its slot holds it: its first 22 characters (all of its random bits), its length,
 /// which tells its form, and a zero byte.
@@ -508,22 +508,18 @@ impl Registry {
         prefix.copy_from_slice(&bytes[..BARE]);
         let text = match usize::from(bytes[BARE]) {
             TEXT => {
-                let mut first = [0u8; 16];
-                first.copy_from_slice(&prefix[..16]);
-                let digits = slot_digits(n ^ self.text_mask(&first));
+                let first = prefix.first_chunk::<16>().unwrap_or(&[0; 16]);
+                let digits = slot_digits(n ^ self.text_mask(first));
                 [&prefix[..], &digits[..]].concat()
             }
             MASKED => {
                 // The 22nd character holds the bits' last two and the masked slot's first four,
                 // which the 16 bytes decoded leave out (so the verdict on them is not wanted).
-                let mut out = [0u8; 21];
-                let _ = decode::<BARE>(&prefix, &mut out);
-                let mut key = [0u8; 16];
-                key.copy_from_slice(&out[..16]);
-                let mut bytes = [0u8; 20];
-                bytes[..16].copy_from_slice(&key);
-                bytes[16..].copy_from_slice(&(n ^ self.mask_of(&key)).to_le_bytes());
-                return URL_SAFE_NO_PAD.encode(bytes);
+                let mut bytes = [0u8; 21];
+                let _ = decode::<BARE>(&prefix, &mut bytes);
+                let key = *bytes.first_chunk::<16>().unwrap_or(&[0; 16]);
+                bytes[16..20].copy_from_slice(&(n ^ self.mask_of(&key)).to_le_bytes());
+                return URL_SAFE_NO_PAD.encode(&bytes[..20]);
             }
             _ => prefix.to_vec(),
         };
