@@ -1,7 +1,7 @@
 //! The handle registry's benchmark (bench/run, item 5): resolves per second on one thread with a
 //! million live handles, and the resident memory each handle costs.
 //!
-//! `cargo bench --bench registry [-- HANDLES [ROUNDS]]` prints one line:
+//! `cargo bench --bench registry [-- HANDLES [ROUNDS [TOKEN_BYTES]]]` prints one line:
 //! `handles=N resolves_per_sec=R session_resolves_per_sec=S bytes_per_handle=B memory_latency_ns=L
 //! latencies_per_resolve=K` (medians of ROUNDS passes over every handle). R is
 //! `Registry::resolve_token`, what the proxy does for every request that carries a handle; S is
@@ -11,7 +11,8 @@
 //!
 //! Each handle has its own session token and client, as when every browser uploads in its own
 //! session (the costliest case for memory), and the limits of a typical registration
-//! (`accept=pdf,png; max-bytes=10MiB; max-files=20`). Handles are resolved in a shuffled order, as
+//! (`accept=pdf,png; max-bytes=10MiB; max-files=20`). A token is 47 bytes, or TOKEN_BYTES if that
+//! is more (64: a hex SHA-256, the longest a slot holds; more: kept beside the slots). Handles are resolved in a shuffled order, as
 //! clients come back: in the order they were made, a registry that keeps its entries (or the
 //! allocator its tokens) in that order would be read sequentially, which no real load does.
 
@@ -90,11 +91,18 @@ fn main() {
         .and_then(|a| a.parse().ok())
         .unwrap_or(1_000_000);
     let rounds: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(5);
+    let token_bytes: Option<usize> = args.next().and_then(|a| a.parse().ok());
     let now = 1_800_000_000u64;
     let mut ids = Ids(7);
     let clients: Vec<String> = (0..n).map(|_| ids.next()[..22].to_string()).collect();
     let tokens: Vec<String> = (0..n)
-        .map(|i| format!("session-{i:016x}-{}", ids.next()))
+        .map(|i| {
+            let token = format!("session-{i:016x}-{}", ids.next());
+            match token_bytes {
+                Some(len) => format!("{token:0>len$}"),
+                None => token,
+            }
+        })
         .collect();
     let limits = Limits {
         accept: Some(vec!["pdf".into(), "png".into()]),
