@@ -377,9 +377,7 @@ async fn a_large_file_streams_intact() {
 
 /// Sends `GET <target>` byte for byte, so no client can tidy the path first; (status, whole answer).
 async fn raw_get(addr: SocketAddr, target: &str) -> (u16, String) {
-    let mut stream = within(10, tokio::net::TcpStream::connect(addr))
-        .await
-        .expect("connect");
+    let mut stream = tcp(addr).await;
     let req = format!("GET {target} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
     within(10, stream.write_all(req.as_bytes()))
         .await

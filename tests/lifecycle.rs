@@ -213,9 +213,7 @@ async fn slowloris_is_closed_by_the_header_timeout() {
         "header_timeout = \"500ms\"\nidle_timeout = \"1h\"\n",
     )
     .await;
-    let mut slow = within(5, tokio::net::TcpStream::connect(gw.addr))
-        .await
-        .expect("connect");
+    let mut slow = tcp(gw.addr).await;
     slow.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n")
         .await
         .expect("write");
@@ -248,15 +246,11 @@ async fn idle_connections_are_closed() {
         "header_timeout = \"1h\"\nidle_timeout = \"700ms\"\n",
     )
     .await;
-    let mut idle = within(5, tokio::net::TcpStream::connect(gw.addr))
-        .await
-        .expect("connect");
+    let mut idle = tcp(gw.addr).await;
     assert!(within(10, read_until_closed(&mut idle)).await.is_empty());
 
     // A kept-alive connection idles out after its request too.
-    let mut kept = within(5, tokio::net::TcpStream::connect(gw.addr))
-        .await
-        .expect("connect");
+    let mut kept = tcp(gw.addr).await;
     kept.write_all(b"GET /k HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
         .expect("write");
@@ -313,9 +307,7 @@ async fn a_drain_closes_idle_connections() {
         "header_timeout = \"1h\"\nidle_timeout = \"1h\"\n",
     )
     .await;
-    let mut kept = within(5, tokio::net::TcpStream::connect(gw.addr))
-        .await
-        .expect("connect");
+    let mut kept = tcp(gw.addr).await;
     kept.write_all(b"GET /k HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
         .expect("write");

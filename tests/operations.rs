@@ -76,9 +76,7 @@ async fn presented(addr: std::net::SocketAddr) -> Vec<u8> {
         .dangerous()
         .with_custom_certificate_verifier(std::sync::Arc::new(AnyCert))
         .with_no_client_auth();
-    let tcp = within(10, tokio::net::TcpStream::connect(addr))
-        .await
-        .expect("tcp");
+    let tcp = tcp(addr).await;
     let name = rustls_pki_types::ServerName::try_from("localhost").expect("name");
     let tls = within(
         10,
@@ -316,11 +314,7 @@ async fn ten_thousand_idle_connections_hold_bounded_memory() {
     let baseline = gw.peak_rss();
     let mut idle = Vec::with_capacity(wanted);
     for _ in 0..wanted {
-        idle.push(
-            within(10, tokio::net::TcpStream::connect(gw.addr))
-                .await
-                .expect("connect"),
-        );
+        idle.push(tcp(gw.addr).await);
     }
     let (res, _) = get(&format!("http://{}/busy", gw.addr)).await;
     assert_eq!(

@@ -546,9 +546,7 @@ async fn a_bodiless_idempotent_request_lost_on_a_pooled_connection_is_sent_again
 /// the answer head and what follows it (at most 4 KiB); the connection stays open.
 async fn stall_a_body(gw: &TestGateway) -> (tokio::net::TcpStream, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(gw.addr)
-        .await
-        .expect("connect");
+    let mut stream = tcp(gw.addr).await;
     let head = b"POST /form HTTP/1.1\r\nhost: a\r\ncontent-length: 100\r\n\r\n0123456789";
     within(5, stream.write_all(head))
         .await
@@ -645,7 +643,7 @@ async fn gateway_with_response_timeout(
 /// the gateway takes them; the connection's reading half, for the answer.
 async fn post_zeros(addr: std::net::SocketAddr, len: usize) -> tokio::net::tcp::OwnedReadHalf {
     use tokio::io::AsyncWriteExt;
-    let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let stream = tcp(addr).await;
     let (read, mut write) = stream.into_split();
     tokio::spawn(async move {
         let head = format!("POST /form HTTP/1.1\r\nhost: a\r\ncontent-length: {len}\r\n\r\n");

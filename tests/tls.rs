@@ -39,9 +39,7 @@ async fn connect(
         .with_root_certificates(roots)
         .with_no_client_auth();
     config.alpn_protocols = vec![alpn.to_vec()];
-    let tcp = within(10, tokio::net::TcpStream::connect(gw.running().https[0]))
-        .await
-        .expect("tcp");
+    let tcp = tcp(gw.running().https[0]).await;
     let name = ServerName::try_from("localhost").expect("name");
     within(
         10,

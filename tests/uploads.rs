@@ -1160,9 +1160,7 @@ async fn raw_upload(addr: std::net::SocketAddr, b: &Browser, len: usize) -> toki
         b.handle,
         multipart_type(),
     );
-    let mut stream = within(5, tokio::net::TcpStream::connect(addr))
-        .await
-        .expect("connect");
+    let mut stream = tcp(addr).await;
     within(5, stream.write_all(head.as_bytes()))
         .await
         .expect("head");

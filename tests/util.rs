@@ -28,6 +28,13 @@ pub async fn within<F: Future>(secs: u64, fut: F) -> F::Output {
         .unwrap_or_else(|_| panic!("timed out after {secs}s"))
 }
 
+/// A raw TCP connection to `addr`, for tests that write HTTP by hand.
+pub async fn tcp(addr: std::net::SocketAddr) -> tokio::net::TcpStream {
+    within(10, tokio::net::TcpStream::connect(addr))
+        .await
+        .expect("connect")
+}
+
 /// An HTTP/2 connection with prior knowledge to `addr`, driven by a task of its own that ends
 /// when the connection does.
 pub async fn h2_connect(
@@ -36,12 +43,10 @@ pub async fn h2_connect(
     hyper::client::conn::http2::SendRequest<Body>,
     tokio::task::JoinHandle<Result<(), hyper::Error>>,
 ) {
-    let tcp = within(5, tokio::net::TcpStream::connect(addr))
-        .await
-        .expect("connect");
+    let stream = tcp(addr).await;
     let (send, conn) = within(
         5,
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp)),
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream)),
     )
     .await
     .expect("h2 handshake");
