@@ -62,6 +62,13 @@ if "proxy_upgate_rps" in values:
     if u is not None:
         row(1, "proxy CPU µs per request (server only)", u, f"nginx {fmt(n, 1)}",
             paired("proxy_upgate_cpu", "proxy_nginx_cpu"), "", None, 1)
+    if "proxy_relay_rps" in values:
+        r = paired("proxy_relay_rps", "proxy_nginx_rps")
+        row(1, "ceiling: a relay doing no HTTP work, req/s", med("proxy_relay_rps"),
+            f"nginx {fmt(med('proxy_nginx_rps'))}", r, "", None)
+        row(1, "ceiling: relay CPU µs per request", med("proxy_relay_cpu"),
+            f"nginx {fmt(med('proxy_nginx_cpu'), 1)}",
+            paired("proxy_relay_cpu", "proxy_nginx_cpu"), "", None, 1)
     u, n = med("proxy_upgate_p99"), med("proxy_nginx_p99")
     r = paired("proxy_upgate_p99", "proxy_nginx_p99")
     row(1, "proxy p99 ms", u, f"nginx {fmt(n, 2)}", r, "≤ 1.00×", check(r, lambda x: x <= 1.0), 2)
