@@ -91,6 +91,11 @@ if "files_nginx_rps" in values:
         r = paired(f"files_{who}_rps", "files_nginx_rps")
         row(4, f"{route} 1 KiB req/s", u, f"nginx secure_link {fmt(n)}", r, "≥ 1.00×",
             check(r, lambda x: x >= 1.0))
+    if "files_nginxnosym_rps" in values:
+        n = med("files_nginxnosym_rps")
+        row(4, "/media 1 KiB req/s, against nginx with the same symlink policy", med("files_media_rps"),
+            f"nginx secure_link + disable_symlinks {fmt(n)}",
+            paired("files_media_rps", "files_nginxnosym_rps"), "", None)
     for who, route in (("files", "/files"), ("media", "/media")):
         u, n = med(f"files_{who}_cpu"), med("files_nginx_cpu")
         if u is not None:
