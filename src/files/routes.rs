@@ -4,6 +4,7 @@
 //! `ttl_too_long`), before anything is looked up, so an unsigned request learns nothing of
 //! which files exist.
 
+use std::cell::RefCell;
 use std::path::{Path, PathBuf};
 
 use http::header::{self, HeaderMap};
@@ -310,9 +311,67 @@ fn open_no_symlinks(path: &Path) -> std::io::Result<std::fs::File> {
     super::open_without_symlinks(path, OFlags::RDONLY | OFlags::NONBLOCK)
 }
 
-/// Content-Type by extension, from `mime_guess`'s table (the one nginx's `mime.types` is close to).
+/// Content-Type by extension, from `mime_guess`'s table (the one nginx's `mime.types` is close
+/// to); the extension as `Path::extension` takes it. The last answer is kept per thread: finding
+/// an extension in the table costs about 1,200 instructions (a binary search comparing without
+/// case), a tenth of a media request's own work, and a media folder's files share few extensions.
 fn media_type(relative: &str) -> &'static str {
-    mime_guess::from_path(relative)
-        .first_raw()
-        .unwrap_or("application/octet-stream")
+    const UNKNOWN: &str = "application/octet-stream";
+    thread_local! {
+        static LAST: RefCell<(String, &'static str)> = const { RefCell::new((String::new(), UNKNOWN)) };
+    }
+    // Byte searches: '/' and '.' are ASCII, so never inside a multi-byte character.
+    let last_of = |text: &str, byte| text.bytes().rposition(|b| b == byte);
+    let name = last_of(relative, b'/').map_or(relative, |slash| &relative[slash + 1..]);
+    let Some(ext) = last_of(name, b'.')
+        .filter(|&dot| dot > 0)
+        .map(|dot| &name[dot + 1..])
+    else {
+        return UNKNOWN;
+    };
+    LAST.with_borrow_mut(|(last, found)| {
+        if last != ext || last.is_empty() {
+            *found = mime_guess::from_ext(ext).first_raw().unwrap_or(UNKNOWN);
+            last.clear();
+            last.push_str(ext);
+        }
+        *found
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn media_type_answers_as_the_table_does_for_the_path() {
+        let names = [
+            "a.pdf",
+            "a.PDF",
+            "d/a.png",
+            "d.x/a",
+            "d.png/a.jpg",
+            "a",
+            ".bashrc",
+            "d/.hidden",
+            ".a.css",
+            "a.",
+            "a..js",
+            "a.tar.gz",
+            "a.unknownext",
+            "d/a.svg",
+            "a.pdf",
+            "a.HTML",
+            "é/ü.txt",
+            "a.json",
+            "a.png",
+            "a.png",
+        ];
+        for name in names {
+            let expected = mime_guess::from_path(name)
+                .first_raw()
+                .unwrap_or("application/octet-stream");
+            assert_eq!(media_type(name), expected, "{name}");
+        }
+    }
 }
