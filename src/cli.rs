@@ -193,14 +193,16 @@ fn sign(
 /// SIGHUP re-reads `path` and puts it in force; an invalid config is refused and the old one stays.
 pub async fn serve(config: Config, path: &std::path::Path) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
+    // Every handler is in place before READY=1: systemd may send SIGTERM the moment it hears it,
+    // and a signal with no handler yet would end the process at once, with no drain.
+    let mut hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
+    let stop = shutdown_signal()?;
+    tokio::pin!(stop);
     let running = start(config).await?;
     server::notify::ready();
-    let mut hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
-    let stop = shutdown_signal();
-    tokio::pin!(stop);
     loop {
         tokio::select! {
-            done = &mut stop => { done?; break; }
+            () = &mut stop => break,
             _ = hup.recv() => reload(&running, path),
         }
     }
@@ -272,13 +274,16 @@ pub async fn start(config: Config) -> anyhow::Result<server::Running> {
     Ok(running)
 }
 
-pub async fn shutdown_signal() -> anyhow::Result<()> {
+/// Installs the SIGTERM and SIGINT handlers now, and returns what completes on the first of
+/// them. Installing is not left to the first poll: a signal before it would kill the process.
+pub fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
-    Ok(())
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    })
 }

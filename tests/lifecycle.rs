@@ -153,6 +153,35 @@ async fn systemd_hears_ready_then_stopping() {
     assert!(gw.wait_exit(20).await.success());
 }
 
+/// systemd may stop a unit at any moment of its start, and the moment it hears READY=1: once
+/// the gateway says it listens it must already catch SIGTERM, and drain rather than die of the
+/// signal's default action. The signal goes out by kill(2) the instant the log says so.
+#[tokio::test]
+async fn sigterm_once_listening_still_drains() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_secret(dir.path());
+    let path = write_config(
+        dir.path(),
+        &config_text(dir.path(), "http://127.0.0.1:1", ""),
+    );
+    let socket = dir.path().join("notify.sock");
+    let sock = tokio::net::UnixDatagram::bind(&socket).expect("bind notify socket");
+    for _ in 0..5 {
+        let mut gw = Spawned::start_with_env(&path, &[("NOTIFY_SOCKET", socket.as_os_str())]);
+        gw.kill_now(rustix::process::Signal::TERM);
+        let status = gw.wait_exit(20).await;
+        assert!(
+            status.success(),
+            "{status}: {}",
+            gw.log.lock().expect("log")
+        );
+        let ready = notified(&sock).await;
+        assert!(ready.lines().any(|l| l == "READY=1"), "{ready:?}");
+        let stopping = notified(&sock).await;
+        assert!(stopping.lines().any(|l| l == "STOPPING=1"), "{stopping:?}");
+    }
+}
+
 #[tokio::test]
 async fn big_bodies_stream_with_bounded_memory() {
     let mib: u64 = std::env::var("UPGATE_TEST_BIG_MIB")

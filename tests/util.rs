@@ -680,6 +680,12 @@ impl Spawned {
         assert!(ok, "kill {sig} failed");
     }
 
+    /// Sends `sig` by kill(2), with no child process of `kill` in between.
+    pub fn kill_now(&self, sig: rustix::process::Signal) {
+        let pid = rustix::process::Pid::from_child(&self.child);
+        rustix::process::kill_process(pid, sig).expect("kill");
+    }
+
     /// Peak resident memory of the process so far, in bytes (VmHWM).
     pub fn peak_rss(&self) -> u64 {
         let status =

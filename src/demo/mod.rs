@@ -75,6 +75,7 @@ pub async fn run(listen: SocketAddr) -> anyhow::Result<()> {
     });
     tokio::spawn(serve_app(app, demo));
     let grace = config.server.shutdown_grace;
+    let stop = crate::cli::shutdown_signal()?;
     let running = crate::cli::start(config).await?;
     let url = format!("http://{}/", running.http[0]);
     println!(
@@ -82,7 +83,7 @@ pub async fn run(listen: SocketAddr) -> anyhow::Result<()> {
         data.display()
     );
     tracing::info!(%url, "demo ready");
-    crate::cli::shutdown_signal().await?;
+    stop.await;
     running.drain(grace).await;
     Ok(())
 }
