@@ -125,31 +125,54 @@ async fn sigterm_lets_a_slow_request_finish() {
     assert!(gw.log.lock().expect("log").contains("drained"));
 }
 
-/// The next sd_notify datagram the gateway sent, as text.
-async fn notified(sock: &tokio::net::UnixDatagram) -> String {
-    let mut buf = [0u8; 1024];
-    let n = within(20, sock.recv(&mut buf)).await.expect("recv");
-    String::from_utf8_lossy(&buf[..n]).into_owned()
+/// A gateway config with no upstream, and the sd_notify socket the gateway is told to report to.
+struct Notify {
+    _dir: tempfile::TempDir,
+    config: std::path::PathBuf,
+    socket: std::path::PathBuf,
+    sock: tokio::net::UnixDatagram,
+}
+
+impl Notify {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        write_secret(dir.path());
+        let config = write_config(
+            dir.path(),
+            &config_text(dir.path(), "http://127.0.0.1:1", ""),
+        );
+        let socket = dir.path().join("notify.sock");
+        let sock = tokio::net::UnixDatagram::bind(&socket).expect("bind notify socket");
+        Self {
+            _dir: dir,
+            config,
+            socket,
+            sock,
+        }
+    }
+
+    fn spawn(&self) -> Spawned {
+        Spawned::start_with_env(&self.config, &[("NOTIFY_SOCKET", self.socket.as_os_str())])
+    }
+
+    /// The next datagram the gateway sent holds `line`.
+    async fn hears(&self, line: &str) {
+        let mut buf = [0u8; 1024];
+        let n = within(20, self.sock.recv(&mut buf)).await.expect("recv");
+        let got = String::from_utf8_lossy(&buf[..n]);
+        assert!(got.lines().any(|l| l == line), "{line} in {got:?}");
+    }
 }
 
 #[tokio::test]
 async fn systemd_hears_ready_then_stopping() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    write_secret(dir.path());
-    let path = write_config(
-        dir.path(),
-        &config_text(dir.path(), "http://127.0.0.1:1", ""),
-    );
-    let socket = dir.path().join("notify.sock");
-    let sock = tokio::net::UnixDatagram::bind(&socket).expect("bind notify socket");
-    let mut gw = Spawned::start_with_env(&path, &[("NOTIFY_SOCKET", socket.as_os_str())]);
-    let ready = notified(&sock).await;
-    assert!(ready.lines().any(|l| l == "READY=1"), "{ready:?}");
+    let notify = Notify::new();
+    let mut gw = notify.spawn();
+    notify.hears("READY=1").await;
     let (res, _) = get(&format!("http://{}/healthz", gw.control)).await;
     assert_eq!(res.status, StatusCode::OK, "serving once ready");
     gw.signal("-TERM");
-    let stopping = notified(&sock).await;
-    assert!(stopping.lines().any(|l| l == "STOPPING=1"), "{stopping:?}");
+    notify.hears("STOPPING=1").await;
     assert!(gw.wait_exit(20).await.success());
 }
 
@@ -158,16 +181,10 @@ async fn systemd_hears_ready_then_stopping() {
 /// signal's default action. The signal goes out by kill(2) the instant the log says so.
 #[tokio::test]
 async fn sigterm_once_listening_still_drains() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    write_secret(dir.path());
-    let path = write_config(
-        dir.path(),
-        &config_text(dir.path(), "http://127.0.0.1:1", ""),
-    );
-    let socket = dir.path().join("notify.sock");
-    let sock = tokio::net::UnixDatagram::bind(&socket).expect("bind notify socket");
-    for _ in 0..5 {
-        let mut gw = Spawned::start_with_env(&path, &[("NOTIFY_SOCKET", socket.as_os_str())]);
+    let notify = Notify::new();
+    // The window a regression would open is microseconds wide: try it often.
+    for _ in 0..20 {
+        let mut gw = notify.spawn();
         gw.kill_now(rustix::process::Signal::TERM);
         let status = gw.wait_exit(20).await;
         assert!(
@@ -175,10 +192,8 @@ async fn sigterm_once_listening_still_drains() {
             "{status}: {}",
             gw.log.lock().expect("log")
         );
-        let ready = notified(&sock).await;
-        assert!(ready.lines().any(|l| l == "READY=1"), "{ready:?}");
-        let stopping = notified(&sock).await;
-        assert!(stopping.lines().any(|l| l == "STOPPING=1"), "{stopping:?}");
+        notify.hears("READY=1").await;
+        notify.hears("STOPPING=1").await;
     }
 }
 
