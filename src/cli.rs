@@ -232,6 +232,9 @@ fn reload(running: &server::Running, path: &std::path::Path) {
             "reload refused; the running config stays in force"
         ),
     }
+    // Ends the reload for systemd either way (sd_notify(3)): a `Type=notify-reload` unit waits
+    // for this READY=1, and a refused reload leaves the old config serving.
+    server::notify::ready();
 }
 
 /// Raises the soft limit of open files to the hard one, as a server holding many connections must.

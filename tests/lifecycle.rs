@@ -165,12 +165,15 @@ impl Notify {
 }
 
 #[tokio::test]
-async fn systemd_hears_ready_then_stopping() {
+async fn systemd_hears_ready_reloads_and_stopping() {
     let notify = Notify::new();
     let mut gw = notify.spawn();
     notify.hears("READY=1").await;
     let (res, _) = get(&format!("http://{}/healthz", gw.control)).await;
     assert_eq!(res.status, StatusCode::OK, "serving once ready");
+    gw.signal("-HUP");
+    notify.hears("RELOADING=1").await;
+    notify.hears("READY=1").await;
     gw.signal("-TERM");
     notify.hears("STOPPING=1").await;
     assert!(gw.wait_exit(20).await.success());
