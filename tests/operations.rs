@@ -177,7 +177,8 @@ async fn retention_removes_what_outlived_its_session_through_control_and_cli() {
     let up = TestUpstream::start().await;
     let gw = TestGateway::start(
         &up.url(),
-        "[uploads]\nhandle_ttl = \"1s\"\nretention = \"1s\"\n",
+        // 2 s: at least one whole second to upload with the handle (expiry counts whole seconds).
+        "[uploads]\nhandle_ttl = \"2s\"\nretention = \"1s\"\n",
     )
     .await;
     let b = register(&gw, "short-lived").await;
@@ -191,7 +192,7 @@ async fn retention_removes_what_outlived_its_session_through_control_and_cli() {
         (Some(0), Some(true)),
         "alive: {report}"
     );
-    // Handle dead after 1 s, its session's files after 1 s more.
+    // Handle dead after 2 s, its session's files after 1 s more.
     poll(60, || async {
         control_post(&gw, "/v1/gc?dry_run=true").await["files"] == 1
     })

@@ -275,9 +275,10 @@ async fn upstream_down_is_502_and_slow_is_504() {
     let dir = tempfile::tempdir().expect("tempdir");
     write_secret(dir.path());
     // A config of its own: the upstream table is the one being changed.
+    // 1 s: long enough that a busy machine does not turn the fast answer below into a 504.
     let text = config_text(dir.path(), &up.url(), "")
-        .replace("response_timeout = \"10s\"", "response_timeout = \"300ms\"");
-    assert!(text.contains("300ms"), "{text}");
+        .replace("response_timeout = \"10s\"", "response_timeout = \"1s\"");
+    assert!(text.contains("\"1s\""), "{text}");
     let config = upgate::config::Config::from_file(
         upgate::config::parse_file(&text).expect("parse"),
         dir.path(),
@@ -367,16 +368,16 @@ async fn a_slow_upload_is_not_an_upstream_timeout() {
     let dir = tempfile::tempdir().expect("tempdir");
     write_secret(dir.path());
     let text = config_text(dir.path(), &up.url(), "")
-        .replace("response_timeout = \"10s\"", "response_timeout = \"300ms\"");
+        .replace("response_timeout = \"10s\"", "response_timeout = \"600ms\"");
     let config = upgate::config::Config::from_file(
         upgate::config::parse_file(&text).expect("parse"),
         dir.path(),
     )
     .expect("config");
     let running = within(10, upgate::cli::start(config)).await.expect("start");
-    // Ten chunks 150 ms apart: the body alone takes five times the response timeout.
+    // Ten chunks 300 ms apart: the body alone takes five times the response timeout.
     let chunks = futures_util::stream::iter(0..10).then(|_| async {
-        tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
         Ok::<_, std::convert::Infallible>(http_body::Frame::data(bytes::Bytes::from_static(
             b"0123456789",
         )))
@@ -769,7 +770,7 @@ async fn an_early_answer_streams_whole_while_the_body_waits() {
             .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 50\r\n\r\n")
             .await;
         for piece in 0..5u8 {
-            tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
             let _ = stream.write_all(&[b'0' + piece; 10]).await;
         }
         tokio::time::sleep(std::time::Duration::from_secs(30)).await;

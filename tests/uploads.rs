@@ -367,11 +367,16 @@ async fn handles_are_bound_stable_and_revocable() {
 #[tokio::test]
 async fn handles_expire_after_their_ttl() {
     let up = TestUpstream::start().await;
-    let gw = TestGateway::start(&up.url(), "[uploads]\nhandle_ttl = \"1s\"\n").await;
+    // Handles expire on whole seconds: 1 s would leave a handle registered late in a second a
+    // few milliseconds to live; 2 s leaves it at least one second.
+    let gw = TestGateway::start(&up.url(), "[uploads]\nhandle_ttl = \"2s\"\n").await;
     let b = register(&gw, "short").await;
     assert!(b.list().await.is_empty(), "valid at first");
+    // Every use renews the handle, so it is left alone for longer than its TTL: time passing is
+    // what is under test here.
     let expired = within(10, async {
         loop {
+            tokio::time::sleep(Duration::from_millis(2100)).await;
             let (res, body) = send(
                 b.request("GET", "/uploads")
                     .body(upgate::body::empty())
@@ -381,7 +386,6 @@ async fn handles_expire_after_their_ttl() {
             if res.status != StatusCode::OK {
                 return (res.status, json(&body));
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     })
     .await;

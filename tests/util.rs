@@ -612,6 +612,8 @@ pub struct Spawned {
     pub https: Option<SocketAddr>,
     pub control: SocketAddr,
     pub log: Arc<std::sync::Mutex<String>>,
+    /// The thread copying the gateway's stderr into `log`: done once the gateway's last line is in.
+    reader: std::thread::JoinHandle<()>,
 }
 
 impl Spawned {
@@ -634,7 +636,7 @@ impl Spawned {
         let log = Arc::new(std::sync::Mutex::new(String::new()));
         let (tx, rx) = std::sync::mpsc::channel();
         let sink = log.clone();
-        std::thread::spawn(move || {
+        let reader = std::thread::spawn(move || {
             for line in std::io::BufReader::new(stderr)
                 .lines()
                 .map_while(Result::ok)
@@ -668,6 +670,7 @@ impl Spawned {
             https,
             control: control.expect("control"),
             log,
+            reader,
         }
     }
 
@@ -699,10 +702,13 @@ impl Spawned {
     }
 
     /// Waits for the process to exit, polling.
+    /// Waits for the gateway to exit and for its last log line to be in `log`.
     pub async fn wait_exit(&mut self, secs: u64) -> std::process::ExitStatus {
         within(secs, async {
             loop {
-                if let Some(status) = self.child.try_wait().expect("try_wait") {
+                if let Some(status) = self.child.try_wait().expect("try_wait")
+                    && self.reader.is_finished()
+                {
                     return status;
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
