@@ -1,5 +1,6 @@
 //! Retention (SPEC §9, `upgate gc`): what has outlived its purpose is removed, and counted.
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::watch;
@@ -162,33 +163,34 @@ fn orphan_blobs(store: &Store, dry_run: bool) -> Result<usize, DbError> {
 }
 
 /// Background care while serving: refreshed handle expiries written every 2 s, live handles and
-/// free disk measured; expired handles pruned every minute; a retention sweep every 5 minutes;
-/// a last flush at shutdown.
+/// free disk measured; expired handles pruned every minute; a retention sweep every 5 minutes.
+/// It ends at shutdown; the last flush comes once the requests have drained ([`last_flush`]).
 pub async fn upkeep(live: crate::gateway::Live, mut shutdown: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(Duration::from_secs(2));
     for round in 0u64.. {
-        let last = tokio::select! {
-            _ = tick.tick() => false,
-            _ = crate::server::stopped(&mut shutdown) => true,
-        };
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = crate::server::stopped(&mut shutdown) => return,
+        }
         let gw = live.load_full();
-        let done = tokio::task::spawn_blocking(move || care(&gw, round, last)).await;
+        let done = tokio::task::spawn_blocking(move || care(&gw, round)).await;
         if let Ok(Err(e)) = done {
             tracing::error!(error = %e, "upkeep failed");
-        }
-        if last {
-            return;
         }
     }
 }
 
-fn care(gw: &Gateway, round: u64, last: bool) -> Result<(), DbError> {
-    let step = (gw.config.uploads.handle_ttl.as_secs() / 60).max(1);
-    gw.registry
-        .flush(&gw.store.db, if last { 1 } else { step })?;
-    if last {
-        return Ok(());
+/// Writes every refreshed expiry not yet written: at shutdown, once no request can refresh one.
+pub async fn last_flush(gw: Arc<Gateway>) {
+    let done = tokio::task::spawn_blocking(move || gw.registry.flush(&gw.store.db, 1)).await;
+    if let Ok(Err(e)) = done {
+        tracing::error!(error = %e, "the last flush of handle expiries failed");
     }
+}
+
+fn care(gw: &Gateway, round: u64) -> Result<(), DbError> {
+    let step = (gw.config.uploads.handle_ttl.as_secs() / 60).max(1);
+    gw.registry.flush(&gw.store.db, step)?;
     let now = unix_now();
     if round % 30 == 29 {
         gw.registry.prune(&gw.store.db, now)?;

@@ -191,18 +191,22 @@ impl Running {
         let _ = self.shutdown.send(true);
     }
 
-    /// Stops accepting, asks every connection to finish its request and close, and waits up to `grace`.
+    /// Stops accepting, asks every connection to finish its request and close, and waits up to `grace`;
+    /// then writes the handle expiries the last requests refreshed.
     /// Returns false when connections were still open at the deadline.
     pub async fn drain(self, grace: Duration) -> bool {
         let Running {
             shutdown,
             alive,
             mut drained,
+            live,
             ..
         } = self;
         let _ = shutdown.send(true);
         drop(alive);
-        tokio::time::timeout(grace, drained.recv()).await.is_ok()
+        let drained = tokio::time::timeout(grace, drained.recv()).await.is_ok();
+        crate::retention::last_flush(live.load_full()).await;
+        drained
     }
 
     /// Runs a background task until shutdown; the drain waits for it to return.
