@@ -112,7 +112,7 @@ async fn sigterm_lets_a_slow_request_finish() {
         }
     })
     .await;
-    gw.signal("-TERM");
+    gw.signal(rustix::process::Signal::TERM);
     let (res, body) = within(20, slow).await.expect("join");
     assert_eq!(res.status, StatusCode::OK);
     assert_eq!(echo(&body).uri, "/sleep/1500");
@@ -171,10 +171,10 @@ async fn systemd_hears_ready_reloads_and_stopping() {
     notify.hears("READY=1").await;
     let (res, _) = get(&format!("http://{}/healthz", gw.control)).await;
     assert_eq!(res.status, StatusCode::OK, "serving once ready");
-    gw.signal("-HUP");
+    gw.signal(rustix::process::Signal::HUP);
     notify.hears("RELOADING=1").await;
     notify.hears("READY=1").await;
-    gw.signal("-TERM");
+    gw.signal(rustix::process::Signal::TERM);
     notify.hears("STOPPING=1").await;
     assert!(gw.wait_exit(20).await.success());
 }
@@ -188,7 +188,7 @@ async fn sigterm_once_listening_still_drains() {
     // The window a regression would open is microseconds wide: try it often.
     for _ in 0..20 {
         let mut gw = notify.spawn();
-        gw.kill_now(rustix::process::Signal::TERM);
+        gw.signal(rustix::process::Signal::TERM);
         let status = gw.wait_exit(20).await;
         assert!(
             status.success(),

@@ -114,7 +114,7 @@ async fn sighup_reloads_config_and_certificate_without_dropping_requests() {
         dir.path(),
         &config_text(dir.path(), &up2.url(), &tls("two")),
     );
-    gw.signal("-HUP");
+    gw.signal(rustix::process::Signal::HUP);
     let (res, _) = within(20, slow).await.expect("join");
     assert_eq!(
         res.status,
@@ -134,7 +134,7 @@ async fn sighup_reloads_config_and_certificate_without_dropping_requests() {
         dir.path(),
         &config_text(dir.path(), &up1.url(), "listen_backlog = 5\n"),
     );
-    gw.signal("-HUP");
+    gw.signal(rustix::process::Signal::HUP);
     poll(30, || async {
         gw.log.lock().expect("log").contains("reload refused")
     })
@@ -382,7 +382,7 @@ async fn sigterm_during_uploads_lets_them_finish_and_lists_only_whole_files() {
         std::fs::read_dir(&tmp).map(|d| d.count()).unwrap_or(0) == 5
     })
     .await;
-    gw.signal("-TERM");
+    gw.signal(rustix::process::Signal::TERM);
     for u in uploads {
         let (res, body) = within(60, u).await.expect("join");
         assert_eq!(
@@ -443,7 +443,7 @@ async fn every_access_line_is_written_by_the_time_a_drained_server_exits() {
         assert_eq!(res.status, StatusCode::OK);
     }
     drop(client);
-    gw.signal("-TERM");
+    gw.signal(rustix::process::Signal::TERM);
     assert!(gw.wait_exit(30).await.success());
     let log = gw.log.clone();
     poll(10, || {

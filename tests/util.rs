@@ -674,17 +674,8 @@ impl Spawned {
         }
     }
 
-    pub fn signal(&self, sig: &str) {
-        let ok = std::process::Command::new("kill")
-            .args([sig, &self.child.id().to_string()])
-            .status()
-            .expect("kill")
-            .success();
-        assert!(ok, "kill {sig} failed");
-    }
-
-    /// Sends `sig` by kill(2), with no child process of `kill` in between.
-    pub fn kill_now(&self, sig: rustix::process::Signal) {
+    /// Sends `sig` to the gateway by kill(2).
+    pub fn signal(&self, sig: rustix::process::Signal) {
         let pid = rustix::process::Pid::from_child(&self.child);
         rustix::process::kill_process(pid, sig).expect("kill");
     }
